@@ -1,0 +1,1 @@
+"""LSTM-family time-series pipeline: fetch -> DataModule -> LightningModule -> MLflow."""

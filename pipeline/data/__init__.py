@@ -1,0 +1,1 @@
+"""Data stages: sources -> fetch (validate, cache) -> windows -> LightningDataModule."""

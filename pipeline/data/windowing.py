@@ -1,0 +1,111 @@
+"""Sliding windows (as strided views, no Python loop over rows) and chronological splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from pipeline.errors import DataError, require
+
+MODES = ("sequence", "forecast")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """How a series becomes samples.
+
+    mode="sequence": many-to-many, a target per input step (sine -> cosine).
+    mode="forecast": many-to-one / multi-step, the `horizon` values after the window.
+    """
+
+    lookback: int
+    horizon: int = 1
+    stride: int = 1
+    mode: str = "forecast"
+
+    def __post_init__(self) -> None:
+        require(self.mode in MODES, "data.mode", self.mode, f"must be one of {', '.join(MODES)}")
+        require(_positive_int(self.lookback), "data.lookback", self.lookback, "must be a positive integer")
+        require(_positive_int(self.horizon), "data.horizon", self.horizon, "must be a positive integer")
+        require(_positive_int(self.stride), "data.stride", self.stride, "must be a positive integer")
+
+    @property
+    def span(self) -> int:
+        """Rows one sample covers (inputs plus future targets)."""
+        return self.lookback if self.mode == "sequence" else self.lookback + self.horizon
+
+    @property
+    def target_steps(self) -> int:
+        return self.lookback if self.mode == "sequence" else self.horizon
+
+
+@dataclass(frozen=True)
+class Windows:
+    """x: (W, lookback, F); y: (W, target_steps, T); rows: (W, target_steps) row index of each target."""
+
+    x: np.ndarray
+    y: np.ndarray
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value > 0
+
+
+def _views(values: np.ndarray, span: int, stride: int) -> np.ndarray:
+    """(N, C) -> (W, span, C) strided view; windows start at 0, stride, 2*stride, ..."""
+    return sliding_window_view(values, span, axis=0)[::stride].transpose(0, 2, 1)
+
+
+def make_windows(x: np.ndarray, y: np.ndarray, spec: WindowSpec, first_row: int = 0) -> Windows:
+    """Cut aligned (x, y) rows of one contiguous segment into samples.
+
+    `first_row` is the segment's offset in the full series, so `rows` index the original frame.
+    """
+    if len(x) < spec.span:
+        return Windows(
+            x=np.empty((0, spec.lookback, x.shape[1])),
+            y=np.empty((0, spec.target_steps, y.shape[1])),
+            rows=np.empty((0, spec.target_steps), dtype=np.int64),
+        )
+    row_index = np.arange(first_row, first_row + len(x), dtype=np.int64)[:, None]
+    xs, ys, rows = (_views(a, spec.span, spec.stride) for a in (x, y, row_index))
+    if spec.mode == "sequence":
+        return Windows(x=xs, y=ys, rows=rows[..., 0])
+    lb = spec.lookback
+    return Windows(x=xs[:, :lb], y=ys[:, lb:], rows=rows[:, lb:, 0])
+
+
+def split_bounds(n_rows: int, fractions: dict[str, float]) -> dict[str, tuple[int, int]]:
+    """Chronological [start, stop) row ranges for train/val/test from fractions of the series."""
+    for name in SPLITS:
+        value = fractions.get(name, 0.0)
+        require(isinstance(value, int | float) and 0 <= value <= 1, f"data.split.{name}", value,
+                "must be a fraction between 0 and 1")
+    total = sum(fractions.get(name, 0.0) for name in SPLITS)
+    require(abs(total - 1.0) < 1e-6, "data.split", dict(fractions), "fractions must add up to 1")
+    n_train = int(round(n_rows * fractions["train"]))
+    n_val = int(round(n_rows * fractions.get("val", 0.0)))
+    return {
+        "train": (0, n_train),
+        "val": (n_train, n_train + n_val),
+        "test": (n_train + n_val, n_rows),
+    }
+
+
+def check_split_lengths(bounds: dict[str, tuple[int, int]], spec: WindowSpec, source: str) -> None:
+    """Every split must hold at least one full sample, or training/evaluation is meaningless."""
+    for name, (start, stop) in bounds.items():
+        if stop - start < spec.span:
+            raise DataError(
+                f"{source}: the {name} split has {stop - start} rows but one sample needs "
+                f"{spec.span} (lookback {spec.lookback}"
+                + (f" + horizon {spec.horizon}" if spec.mode == "forecast" else "")
+                + "); use a longer series, a shorter lookback or other split fractions"
+            )

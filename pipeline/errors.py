@@ -1,0 +1,23 @@
+"""User-facing errors: each carries one line that says what is wrong and what to do."""
+
+
+class PipelineError(Exception):
+    """Base class: the CLI prints str(error) on one line and exits non-zero, no traceback."""
+
+
+class ConfigError(PipelineError):
+    """A config value is invalid (names the key and the value)."""
+
+
+class DataError(PipelineError):
+    """Input data is unusable (names the source, file or column)."""
+
+
+class TrackingError(PipelineError):
+    """The MLflow tracking store or registry cannot be used."""
+
+
+def require(condition: bool, key: str, value: object, expectation: str) -> None:
+    """Raise a ConfigError naming `key=value` unless `condition` holds."""
+    if not condition:
+        raise ConfigError(f"{key}={value!r}: {expectation}")

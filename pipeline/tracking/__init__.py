@@ -1,0 +1,1 @@
+"""MLflow: run setup, artifacts and plots, the pyfunc model, registry and promotion."""
