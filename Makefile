@@ -9,7 +9,13 @@ ARGS       ?=
 PYTEST_ARGS ?=
 STAMP      := $(VENV)/.installed-stamp
 
-.PHONY: install train test ui server fetch bench lint clean
+.PHONY: install train test ui server promote fetch bench lint clean
+
+# `make server`: a shared tracking server with its own store; artifacts are proxied through it.
+SERVER_HOST ?= 127.0.0.1
+SERVER_PORT ?= 5000
+SERVER_STORE ?= sqlite:///mlflow-server.db
+SERVER_ARTIFACTS ?= ./mlartifacts-server
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +37,12 @@ test: $(STAMP)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --default-artifact-root ./mlartifacts --host 127.0.0.1 --port 5000
+
+server: $(STAMP)
+	$(BIN)/mlflow server --backend-store-uri $(SERVER_STORE) --artifacts-destination $(SERVER_ARTIFACTS) --host $(SERVER_HOST) --port $(SERVER_PORT)
+
+promote: $(STAMP)
+	$(BIN)/python -m pipeline.promote $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rnn.py --out benchmarks/results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,7 +26,12 @@ def exit_on_pipeline_error() -> Iterator[None]:
     except PipelineError as exc:
         from pipeline.tracking.secrets import scrub_text
 
-        fail(scrub_text(str(exc)))
+        fail(scrub_text(str(exc)), exc.exit_code)
+
+
+def quiet_mlflow() -> None:
+    """No per-file download progress bars in our command-line output."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def group_options(conf_dir: Path, group: str) -> list[str]:

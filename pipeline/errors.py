@@ -4,6 +4,8 @@
 class PipelineError(Exception):
     """Base class: the CLI prints str(error) on one line and exits non-zero, no traceback."""
 
+    exit_code = 2
+
 
 class ConfigError(PipelineError):
     """A config value is invalid (names the key and the value)."""
@@ -15,6 +17,12 @@ class DataError(PipelineError):
 
 class TrackingError(PipelineError):
     """The MLflow tracking store or registry cannot be used."""
+
+
+class TrainingInterrupted(PipelineError):
+    """Stopped by a signal (pre-emption, Ctrl-C); the run is KILLED and can be resumed."""
+
+    exit_code = 143  # the shell's convention for "terminated by SIGTERM"
 
 
 def require(condition: bool, key: str, value: object, expectation: str) -> None:

@@ -1,14 +1,22 @@
-"""Evaluate stage: raw-scale predictions of every split, as one tidy frame."""
+"""Evaluate stage: raw-scale predictions of every split, naive baselines on the same windows,
+and the metrics that compare them."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import torch
+from torchmetrics.functional import (
+    mean_absolute_error,
+    mean_absolute_percentage_error,
+    mean_squared_error,
+)
 
 from pipeline.data.datamodule import PreparedData
 from pipeline.data.windowing import SPLITS
 from pipeline.models.network import Forecaster
+
+METRICS = ("mse", "mae", "rmse")
 
 
 def predict_windows(net: Forecaster, x_scaled: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -25,7 +33,11 @@ def predict_windows(net: Forecaster, x_scaled: np.ndarray, batch_size: int = 102
 
 
 def predictions_frame(net: Forecaster, prepared: PreparedData, splits=SPLITS) -> pd.DataFrame:
-    """One row per (split, window, step, target): where it sits in time, truth and prediction."""
+    """One row per (split, window, step, target): where it sits in time, truth and prediction.
+
+    `row` is the target's position in the fetched frame; `step` counts from 0 inside the window
+    (sequence mode) or the horizon (forecast mode: step 0 is one step ahead).
+    """
     index = prepared.frame.index
     parts = []
     for split in splits:
@@ -41,6 +53,7 @@ def predictions_frame(net: Forecaster, prepared: PreparedData, splits=SPLITS) ->
             "window": np.repeat(np.arange(n_windows), n_steps * n_targets),
             "step": np.tile(np.repeat(np.arange(n_steps), n_targets), n_windows),
             "target": np.tile(prepared.targets, n_windows * n_steps),
+            "row": rows,
             index.name or "index": index.to_numpy()[rows],
             "y_true": truth.reshape(-1),
             "y_pred": pred.reshape(-1),
@@ -55,3 +68,61 @@ def one_prediction_per_row(preds: pd.DataFrame, mode: str) -> pd.DataFrame:
     """
     step = preds["step"].max() if mode == "sequence" else 0
     return preds[preds["step"] == step]
+
+
+def naive_forecasts(preds: pd.DataFrame, frame: pd.DataFrame, lag_of_step) -> np.ndarray:
+    """The target's own past value `lag_of_step(h)` rows before each target row (NaN if none).
+
+    Only values at or before the window's last input row are used, so baselines see no future.
+    """
+    horizon_step = preds["step"].to_numpy() + 1
+    source_rows = preds["row"].to_numpy() - lag_of_step(horizon_step)
+    out = np.full(len(preds), np.nan)
+    for target in preds["target"].unique():
+        mask = (preds["target"] == target).to_numpy() & (source_rows >= 0)
+        out[mask] = frame[target].to_numpy(dtype=np.float64)[source_rows[mask]]
+    return out
+
+
+def baseline_predictions(preds: pd.DataFrame, frame: pd.DataFrame, mode: str,
+                         season: int | None = None) -> dict[str, np.ndarray]:
+    """Persistence (last observed value) and seasonal naive (same season, last cycle).
+
+    They apply to forecasting only: in sequence mode (sin -> cos) the target is never observed.
+    """
+    if mode != "forecast":
+        return {}
+    baselines = {"persistence": naive_forecasts(preds, frame, lambda h: h)}
+    if season:
+        baselines["seasonal_naive"] = naive_forecasts(
+            preds, frame, lambda h: season * np.ceil(h / season).astype(np.int64))
+    return baselines
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """mse, mae, rmse, and mape where it means something (strictly positive targets, e.g. prices)."""
+    t, p = torch.as_tensor(y_true, dtype=torch.float64), torch.as_tensor(y_pred, dtype=torch.float64)
+    mse = float(mean_squared_error(p, t))
+    scores = {"mse": mse, "mae": float(mean_absolute_error(p, t)), "rmse": float(np.sqrt(mse))}
+    if len(t) and bool((t > 0).all()):
+        scores["mape"] = float(mean_absolute_percentage_error(p, t))
+    return scores
+
+
+def metrics_with_baselines(preds: pd.DataFrame, frame: pd.DataFrame, mode: str,
+                                season: int | None = None, scored_from: int = 0) -> dict[str, float]:
+    """Model and baseline scores on exactly the same test targets; MASE = MAE / baseline MAE."""
+    test = preds[(preds["split"] == "test") & (preds["step"] >= scored_from)]
+    baselines = baseline_predictions(test, frame, mode, season)
+    # Score every method on the targets every baseline can forecast, so the comparison is fair.
+    usable = np.ones(len(test), dtype=bool)
+    for values in baselines.values():
+        usable &= ~np.isnan(values)
+    y_true = test["y_true"].to_numpy()[usable]
+    metrics = {f"test/{k}": v for k, v in score(y_true, test["y_pred"].to_numpy()[usable]).items()}
+    for name, values in baselines.items():
+        base = score(y_true, values[usable])
+        metrics.update({f"test/{name}_{k}": v for k, v in base.items()})
+        ratio_name = "test/mase" if name == "persistence" else f"test/mase_{name}"
+        metrics[ratio_name] = metrics["test/mae"] / base["mae"] if base["mae"] > 0 else float("inf")
+    return metrics

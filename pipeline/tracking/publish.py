@@ -1,24 +1,36 @@
-"""After training: the run's artifacts (config, plots, predictions, checkpoint) and the model version."""
+"""After training: the run's artifacts (config, plots, predictions, checkpoint), the honest
+test metrics beside naive baselines, and the model version."""
 
 from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 import yaml
 
 from pipeline.data.datamodule import PreparedData
-from pipeline.evaluate import one_prediction_per_row, predictions_frame
+from pipeline.evaluate import metrics_with_baselines, one_prediction_per_row, predictions_frame
 from pipeline.models.network import Forecaster
 from pipeline.tracking.plots import plot_forecast, plot_loss_curve
 from pipeline.tracking.pyfunc import LoggedModel, log_forecaster
+from pipeline.tracking.registry import save_test_windows
 from pipeline.tracking.run import RunHandle
 from pipeline.tracking.secrets import redact
 
 LOSS_METRICS = ("train/loss", "val/loss")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How the test split is scored: skip the first `scored_from` steps; `season` for seasonal naive."""
+
+    scored_from: int = 0
+    season: int | None = None
 
 
 def loss_history(handle: RunHandle) -> dict[str, list[tuple[int, float]]]:
@@ -34,30 +46,48 @@ def loss_history(handle: RunHandle) -> dict[str, list[tuple[int, float]]]:
     return history
 
 
-def input_example(prepared: PreparedData) -> Any:
+def input_example(prepared: PreparedData) -> pd.DataFrame:
     """The last lookback rows of raw inputs: exactly what a user passes to predict()."""
     return prepared.frame[prepared.inputs].iloc[-prepared.spec.lookback:].reset_index(drop=True)
 
 
-def write_run_files(handle: RunHandle, net: Forecaster, prepared: PreparedData,
-                    config: Mapping[str, Any], out: Path) -> None:
+def log_baseline_metrics(handle: RunHandle, preds: pd.DataFrame, prepared: PreparedData,
+                         evaluation: Evaluation) -> dict[str, float]:
+    """Baselines, MAPE and MASE beside the test metrics the Trainer already logged."""
+    metrics = metrics_with_baselines(preds, prepared.frame, prepared.spec.mode, evaluation.season,
+                                     evaluation.scored_from)
+    logged = handle.client.get_run(handle.run_id).data.metrics
+    new = {k: v for k, v in metrics.items() if k not in logged}
+    handle.client.log_batch(handle.run_id, metrics=[
+        mlflow.entities.Metric(k, v, 0, 0) for k, v in new.items()])
+    if "test/mase" in metrics:
+        handle.client.set_tag(handle.run_id, "beats_persistence", str(metrics["test/mase"] < 1).lower())
+    return metrics
+
+
+def write_run_files(handle: RunHandle, net: Forecaster, prepared: PreparedData, preds: pd.DataFrame,
+                    config: Mapping[str, Any], evaluation: Evaluation, out: Path) -> None:
     (out / "config").mkdir()
     (out / "config" / "config.yaml").write_text(yaml.safe_dump(redact(dict(config)), sort_keys=False))
-    preds = predictions_frame(net, prepared)
-    index_name = prepared.frame.index.name or "index"
     (out / "predictions").mkdir()
     preds[preds["split"] == "test"].to_csv(out / "predictions" / "test_predictions.csv", index=False)
-    title = f"{handle.run_name}"
+    test = prepared.windows["test"]
+    save_test_windows(out / "evaluation" / "test_windows.npz", prepared.x_scaler.inverse(test.x),
+                      prepared.y_scaler.inverse(test.y), evaluation.scored_from)
+    title = handle.run_name
     plot_loss_curve(loss_history(handle), out / "plots" / "loss_curve.png", title=f"{title}: loss")
     plot_forecast(prepared.frame[prepared.targets], one_prediction_per_row(preds, prepared.spec.mode),
-                  index_name, out / "plots" / "forecast.png", title=f"{title}: forecast vs truth")
+                  prepared.frame.index.name or "index", out / "plots" / "forecast.png",
+                  title=f"{title}: forecast vs truth")
 
 
 def publish_results(handle: RunHandle, net: Forecaster, prepared: PreparedData,
                     config: Mapping[str, Any], best_checkpoint: str | None,
-                    registered_model: str | None) -> LoggedModel:
+                    registered_model: str | None, evaluation: Evaluation = Evaluation()) -> LoggedModel:
+    preds = predictions_frame(net, prepared)
+    log_baseline_metrics(handle, preds, prepared, evaluation)
     with tempfile.TemporaryDirectory(prefix="run-files-") as tmp:
-        write_run_files(handle, net, prepared, config, Path(tmp))
+        write_run_files(handle, net, prepared, preds, config, evaluation, Path(tmp))
         handle.client.log_artifacts(handle.run_id, tmp)
     if best_checkpoint:
         handle.client.log_artifact(handle.run_id, best_checkpoint, "checkpoints")

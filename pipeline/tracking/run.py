@@ -113,18 +113,50 @@ def open_run(uri: str, experiment: str, artifact_root: str | None, run_name: str
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"cannot open a run in {uri}: {exc.message.splitlines()[0]}") from None
     handle = RunHandle(client, run.info.run_id, run_name, experiment_id, experiment, uri)
-    params = [mlflow.entities.Param(k, v) for k, v in params_from_config(config).items()]
-    for start in range(0, len(params), 100):  # log_batch takes at most 100 params per call
-        client.log_batch(handle.run_id, params=params[start:start + 100])
+    log_params(client, handle.run_id, params_from_config(config))
     return handle
 
 
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
+    batch = [mlflow.entities.Param(k, v) for k, v in params.items()]
+    for start in range(0, len(batch), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run_id, params=batch[start:start + 100])
+
+
+def reopen_run(uri: str, run_id: str, config: Mapping[str, Any]) -> RunHandle:
+    """Continue an existing run (resume): RUNNING again, its params kept.
+
+    MLflow params are immutable, so values that differ now (say a larger max_epochs) are
+    recorded in the tag `resumed_with` rather than overwritten.
+    """
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise TrackingError(f"trainer.resume={run_id!r}: no such run in {uri}") from None
+    client.update_run(run_id, status="RUNNING")
+    params = params_from_config(config)
+    old = run.data.params
+    log_params(client, run_id, {k: v for k, v in params.items() if k not in old})
+    changed = {k: v for k, v in params.items() if k in old and old[k] != v}
+    if changed:
+        client.set_tag(run_id, "resumed_with", ", ".join(f"{k}={v}" for k, v in sorted(changed.items())))
+    experiment = client.get_experiment(run.info.experiment_id)
+    return RunHandle(client, run_id, run.info.run_name, experiment.experiment_id, experiment.name, uri)
+
+
 @contextmanager
-def run_guard(handle: RunHandle):
-    """Never leave a run RUNNING: FAILED on error, KILLED on Ctrl-C, FINISHED otherwise."""
+def run_guard(handle: RunHandle | None):
+    """Never leave a run RUNNING: KILLED when stopped (Ctrl-C, SIGTERM: resumable), FAILED on
+    an error, FINISHED otherwise. A no-op on ranks other than zero (handle is None)."""
+    if handle is None:
+        yield None
+        return
     try:
         yield handle
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         handle.client.set_terminated(handle.run_id, "KILLED")
         raise
     except BaseException:
