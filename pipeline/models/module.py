@@ -52,7 +52,8 @@ class ForecastModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         pred, y = self._scored(batch)
         loss = self.loss_fn(pred, y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y),
+                 sync_dist=True)
         return loss
 
     def _evaluate(self, batch, stage: str, metrics: MetricCollection) -> None:
