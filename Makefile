@@ -46,6 +46,7 @@ promote: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rnn.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_tracking.py --out benchmarks/results
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests benchmarks dags
