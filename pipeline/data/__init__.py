@@ -1,1 +1,11 @@
-"""Data stages: sources -> fetch (validate, cache) -> windows -> LightningDataModule."""
+"""Data stages: sources -> fetch (validate, cache) -> prepare (split, scale, window) -> DataModule.
+
+sources/     one function per source, registered by name (@source)
+validation   the checks every fetched frame passes, as one-line DataErrors
+cache        Parquet + JSON manifest per source and parameters, written atomically
+fetch        config -> FetchResult (validated frame, content digest, where it came from)
+windowing    sliding windows as strided views; chronological splits by fraction or date
+scaling      affine scalers fit on training rows only
+prepare      FetchResult -> PreparedData (series or samples layout)
+datamodule   PreparedData -> LightningDataModule; build_datamodule(config) for every caller
+"""

@@ -1,74 +1,23 @@
-"""The LightningDataModule: chronological split, train-only scaler, sliding windows."""
+"""The LightningDataModule over prepared windows, and the one call that builds it from a config."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
-import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.data.fetch import FetchResult, fetch
-from pipeline.data.scaling import AffineScaler
-from pipeline.data.windowing import (
-    SPLITS,
-    Windows,
-    WindowSpec,
-    check_split_lengths,
-    make_windows,
-    split_bounds,
-)
+from pipeline.data.fetch import fetch, plain
+from pipeline.data.prepare import PreparedData, prepare_samples, prepare_series
+from pipeline.data.windowing import SPLITS, Windows, WindowSpec
 from pipeline.errors import require
 
+__all__ = ["PreparedData", "SeriesDataModule", "build_datamodule", "prepare_from_config",
+           "prepare_samples", "prepare_series", "window_spec_from_config"]
 
-@dataclass(frozen=True)
-class PreparedData:
-    """Scaled windows per split, plus what is needed to undo the scaling and place targets in time."""
-
-    windows: dict[str, Windows]
-    bounds: dict[str, tuple[int, int]]
-    x_scaler: AffineScaler
-    y_scaler: AffineScaler
-    inputs: list[str]
-    targets: list[str]
-    spec: WindowSpec
-    frame: pd.DataFrame
-    digest: str
-    source: str
-
-
-def prepare_series(
-    fetched: FetchResult,
-    inputs: list[str],
-    targets: list[str],
-    spec: WindowSpec,
-    fractions: Mapping[str, float],
-    scaler: str = "standard",
-) -> PreparedData:
-    """Split one series chronologically, fit scalers on the train rows only, window each split.
-
-    Windows are cut inside each split, so no sample's inputs or targets cross a boundary.
-    """
-    frame = fetched.frame
-    bounds = split_bounds(len(frame), dict(fractions))
-    check_split_lengths(bounds, spec, fetched.source)
-    x_raw = frame[inputs].to_numpy(dtype=np.float64)
-    y_raw = frame[targets].to_numpy(dtype=np.float64)
-    train_start, train_stop = bounds["train"]
-    x_scaler = AffineScaler.fit(scaler, x_raw[train_start:train_stop])
-    y_scaler = AffineScaler.fit(scaler, y_raw[train_start:train_stop])
-    x_all, y_all = x_scaler.transform(x_raw), y_scaler.transform(y_raw)
-    windows = {
-        name: make_windows(x_all[start:stop], y_all[start:stop], spec, first_row=start)
-        for name, (start, stop) in bounds.items()
-    }
-    return PreparedData(windows=windows, bounds=bounds, x_scaler=x_scaler, y_scaler=y_scaler,
-                        inputs=list(inputs), targets=list(targets), spec=spec, frame=frame,
-                        digest=fetched.digest, source=fetched.source)
+TASKS = ("regression", "classification")
 
 
 def _tensor_dataset(windows: Windows) -> TensorDataset:
@@ -124,12 +73,20 @@ def window_spec_from_config(data_cfg: Mapping[str, Any]) -> WindowSpec:
                       stride=data_cfg.get("stride", 1), mode=data_cfg.get("mode", "forecast"))
 
 
+def prepare_from_config(data_cfg: Mapping[str, Any]) -> PreparedData:
+    """Config -> fetched, validated, split, scaled windows (series or samples layout)."""
+    require(data_cfg.get("task", "regression") in TASKS, "data.task", data_cfg.get("task"),
+            f"must be one of {', '.join(TASKS)}")
+    spec = window_spec_from_config(data_cfg)  # config errors before any fetch
+    fetched = fetch(data_cfg)
+    prepare = prepare_samples if data_cfg.get("layout", "series") == "samples" else prepare_series
+    return prepare(fetched, list(data_cfg["inputs"]), list(data_cfg["targets"]), spec,
+                   dict(plain(data_cfg["split"])), data_cfg.get("scaler", "standard"))
+
+
 def build_datamodule(data_cfg: Mapping[str, Any]) -> SeriesDataModule:
     """Config -> fetched, validated, windowed DataModule (the CLI, DAG and tests all call this)."""
-    spec = window_spec_from_config(data_cfg)
-    fetched = fetch(data_cfg)
-    prepared = prepare_series(fetched, list(data_cfg["inputs"]), list(data_cfg["targets"]), spec,
-                              data_cfg["split"], data_cfg.get("scaler", "standard"))
+    prepared = prepare_from_config(data_cfg)
     return SeriesDataModule(prepared, batch_size=data_cfg.get("batch_size", 32),
                             num_workers=data_cfg.get("num_workers", 0),
                             pin_memory=bool(data_cfg.get("pin_memory", False)),

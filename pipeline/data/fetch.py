@@ -1,16 +1,35 @@
-"""The fetch stage: a data config -> a validated pandas frame plus its content digest."""
+"""The fetch stage: a data config -> a validated pandas frame plus its content digest.
+
+    source (or cache) -> validate -> FetchResult
+
+Sources registered with cached=True are kept under data.cache_dir (see pipeline.data.cache).
+A valid cache is used as is, unless the source is a network one and the cache is stale
+(cache.is_fresh) or data.refresh=true. data.offline=true, or a network source that is
+unreachable, trains from the cache and says so in one line. A frame is cached only after it
+passed validation, so a bad reply never replaces a good cache.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from pipeline.data.sources import get_source
+from pipeline.data import cache
+from pipeline.data.digest import frame_digest
+from pipeline.data.sources import SourceInfo, SourceUnavailable, source_info
+from pipeline.data.validation import Rules, require_columns, rules_from_config, validate
 from pipeline.errors import DataError
+
+__all__ = ["FetchResult", "dataset_for_mlflow", "fetch", "frame_digest", "require_columns"]
+
+log = logging.getLogger(__name__)
+DEFAULT_CACHE_DIR = "data_cache"
 
 
 @dataclass(frozen=True)
@@ -18,27 +37,126 @@ class FetchResult:
     frame: pd.DataFrame
     digest: str
     source: str
-
-
-def frame_digest(frame: pd.DataFrame) -> str:
-    """Content identity of a frame: index, column names and values (not its memory layout)."""
-    h = hashlib.sha256()
-    h.update(",".join(map(str, frame.columns)).encode())
-    h.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def require_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(f"{source}: missing column(s) {', '.join(missing)}; "
-                        f"available: {', '.join(map(str, frame.columns))}")
+    from_cache: bool = False
+    cache_path: Path | None = None  # the Parquet file holding this data, for cached sources
+    manifest: Mapping[str, Any] | None = None
+    notice: str | None = None  # one line on why the data came from the cache, if it had to
 
 
 def fetch(data_cfg: Mapping[str, Any]) -> FetchResult:
     name = data_cfg["source"]
-    frame = get_source(name)(dict(data_cfg.get("params") or {}))
-    if frame.empty:
-        raise DataError(f"{name}: the source returned no rows")
-    require_columns(frame, list(data_cfg["inputs"]) + list(data_cfg["targets"]), name)
-    return FetchResult(frame=frame, digest=frame_digest(frame), source=name)
+    info = source_info(name)
+    params = plain_params(data_cfg.get("params"))
+    rules = rules_from_config(data_cfg, source_label(name, params))
+    if not info.cached:
+        frame = validate(info.fn(params), rules)
+        return FetchResult(frame=frame, digest=frame_digest(frame), source=name)
+    slot = cache.cache_slot(data_cfg.get("cache_dir") or DEFAULT_CACHE_DIR, name, public_params(params))
+    return _fetch_cached(info, params, rules, slot, config_name=data_cfg.get("name", name),
+                         offline=bool(data_cfg.get("offline", False)),
+                         refresh=bool(data_cfg.get("refresh", False)))
+
+
+def plain(value: Any) -> Any:
+    """A config node (OmegaConf DictConfig/ListConfig) as plain dicts and lists."""
+    from omegaconf import Container, OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
+
+
+def plain_params(params: Any) -> dict[str, Any]:
+    """Source parameters as plain values, as the source receives them."""
+    return dict(plain(params) or {})
+
+
+def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Params as they may be hashed into cache names and written to manifests: anything named
+    like a credential (or holding a secret's value) is replaced, whatever its value was."""
+    from pipeline.tracking.secrets import redact
+
+    return redact(dict(params))
+
+
+def source_label(name: str, params: Mapping[str, Any]) -> str:
+    """How messages name the data: the source plus the file or code it reads."""
+    detail = next((params[k] for k in ("path", "ts_code", "code") if params.get(k)), None)
+    return f"{name} {detail}" if detail is not None else name
+
+
+def _fetch_cached(info: SourceInfo, params: dict[str, Any], rules: Rules, slot: cache.CacheSlot,
+                  config_name: str, offline: bool, refresh: bool) -> FetchResult:
+    cached, problem = _load_quietly(slot)
+    if offline and info.network:
+        if cached is None:
+            raise DataError(f"{rules.label}: data.offline=true but "
+                            f"{problem or f'there is no cache at {slot.manifest_path}'}; "
+                            f"{_fix_hint(None, config_name, slot)}")
+        return _from_cache(cached, info, rules, _cache_notice(f"{rules.label}: data.offline=true", cached))
+    if cached is not None and not refresh and (not info.network or cache.is_fresh(cached, params)):
+        log.debug("%s: using the cache fetched %s (%s)", rules.label, cached.fetched_at, cached.path)
+        return _from_cache(cached, info, rules, notice=None)
+    if problem:
+        log.warning("%s; fetching again", problem)
+    try:
+        raw = info.fn(params)
+    except SourceUnavailable as exc:
+        if cached is None:
+            raise DataError(f"{exc}; {problem or f'no cache at {slot.manifest_path}'}; "
+                            f"{_fix_hint(info, config_name, slot)}") from None
+        return _from_cache(cached, info, rules, _cache_notice(str(exc), cached))
+    validate(raw, rules)  # before writing: a bad reply must not replace a good cache
+    stored = cache.store(slot, raw, info.name, public_params(params))
+    frame = validate(stored.frame, rules)
+    log.debug("%s: fetched %d rows, cached in %s", rules.label, len(frame), stored.path)
+    return FetchResult(frame=frame, digest=frame_digest(frame), source=info.name, from_cache=False,
+                       cache_path=stored.path, manifest=stored.manifest)
+
+
+def _load_quietly(slot: cache.CacheSlot) -> tuple[cache.CachedFrame | None, str | None]:
+    """(cached frame, None), (None, None) when there is none, (None, why) when it is corrupt."""
+    try:
+        return cache.load(slot), None
+    except cache.CorruptCache as exc:
+        return None, str(exc)
+
+
+def _cache_notice(reason: str, cached: cache.CachedFrame) -> str:
+    return f"{reason}; training from the cache fetched {cached.fetched_at} ({cached.path})"
+
+
+def _from_cache(cached: cache.CachedFrame, info: SourceInfo, rules: Rules,
+                notice: str | None) -> FetchResult:
+    if notice:
+        log.warning("%s", notice)
+    frame = validate(cached.frame, rules)
+    return FetchResult(frame=frame, digest=frame_digest(frame), source=info.name,
+                       from_cache=True, cache_path=cached.path, manifest=cached.manifest,
+                       notice=notice)
+
+
+def _fix_hint(info: SourceInfo | None, config_name: str, slot: cache.CacheSlot) -> str:
+    """What gets the data here: the source's own remedy (if any applies), a fetch elsewhere, a file."""
+    return (f"to fix: {info.hint + ', ' if info and info.hint else ''}run `make fetch ARGS=\"data={config_name}\"` "
+            f"where there is a network (it fills {slot.directory}/, which you can copy here), "
+            "or train on your own file with data=csv")
+
+
+def dataset_for_mlflow(data: FetchResult | Any):
+    """The data as an mlflow.data dataset, named and digested by its content digest.
+
+    Takes a FetchResult or a PreparedData (anything with frame, digest, source and optionally
+    cache_path), so the tracking code can call, inside the run:
+        mlflow.log_input(dataset_for_mlflow(dm.prepared), context="training")
+    """
+    import mlflow.data
+
+    cache_path = getattr(data, "cache_path", None)
+    with warnings.catch_warnings():
+        # A local path matches two equivalent MLflow source types (either is right), and the
+        # integer sample/step columns draw a hint meant for model signatures: not for us.
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_pandas(
+            data.frame.reset_index(), name=f"{data.source}-{data.digest}", digest=data.digest,
+            source=str(Path(cache_path).resolve()) if cache_path else None)
+        dataset.schema  # noqa: B018 - computed (and cached) here, under the filter above
+    return dataset

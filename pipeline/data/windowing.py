@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from pipeline.errors import DataError, require
@@ -85,13 +86,13 @@ def make_windows(x: np.ndarray, y: np.ndarray, spec: WindowSpec, first_row: int 
 def split_bounds(n_rows: int, fractions: dict[str, float]) -> dict[str, tuple[int, int]]:
     """Chronological [start, stop) row ranges for train/val/test from fractions of the series."""
     for name in SPLITS:
-        value = fractions.get(name, 0.0)
+        value = fractions.get(name) or 0.0
         require(isinstance(value, int | float) and 0 <= value <= 1, f"data.split.{name}", value,
                 "must be a fraction between 0 and 1")
-    total = sum(fractions.get(name, 0.0) for name in SPLITS)
+    total = sum(fractions.get(name) or 0.0 for name in SPLITS)
     require(abs(total - 1.0) < 1e-6, "data.split", dict(fractions), "fractions must add up to 1")
-    n_train = int(round(n_rows * fractions["train"]))
-    n_val = int(round(n_rows * fractions.get("val", 0.0)))
+    n_train = int(round(n_rows * (fractions.get("train") or 0.0)))
+    n_val = int(round(n_rows * (fractions.get("val") or 0.0)))
     return {
         "train": (0, n_train),
         "val": (n_train, n_train + n_val),
@@ -107,5 +108,32 @@ def check_split_lengths(bounds: dict[str, tuple[int, int]], spec: WindowSpec, so
                 f"{source}: the {name} split has {stop - start} rows but one sample needs "
                 f"{spec.span} (lookback {spec.lookback}"
                 + (f" + horizon {spec.horizon}" if spec.mode == "forecast" else "")
-                + "); use a longer series, a shorter lookback or other split fractions"
+                + "); use a longer series, a shorter lookback or another data.split"
             )
+
+
+def date_split_bounds(index: pd.Index, train_end: object, val_end: object) -> dict[str, tuple[int, int]]:
+    """Chronological row ranges cut at dates: train <= train_end < val <= val_end < test."""
+    require(isinstance(index, pd.DatetimeIndex), "data.split.train_end", train_end,
+            "splitting by date needs a dated series (set data.date_column)")
+    train_stop, val_stop = (_date("data.split.train_end", train_end), _date("data.split.val_end", val_end))
+    require(train_stop < val_stop, "data.split.val_end", val_end,
+            f"must be after data.split.train_end={train_end}")
+    n_train, n_val = (int(index.searchsorted(end, side="right")) for end in (train_stop, val_stop))
+    return {"train": (0, n_train), "val": (n_train, n_val), "test": (n_val, len(index))}
+
+
+def _date(key: str, value: object) -> pd.Timestamp:
+    try:
+        stamp = pd.Timestamp(str(value))
+    except ValueError:
+        stamp = pd.NaT
+    require(value is not None and not pd.isna(stamp), key, value, "must be a date, e.g. 2022-12-31")
+    return stamp
+
+
+def series_split_bounds(index: pd.Index, split: dict) -> dict[str, tuple[int, int]]:
+    """data.split as fractions {train, val, test} or, when either is set, dates {train_end, val_end}."""
+    if split.get("train_end") is not None or split.get("val_end") is not None:
+        return date_split_bounds(index, split.get("train_end"), split.get("val_end"))
+    return split_bounds(len(index), split)
