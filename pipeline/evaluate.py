@@ -28,7 +28,7 @@ def predict_windows(net: Forecaster, x_scaled: np.ndarray, batch_size: int = 102
             # Windows are read-only strided views; copy each batch into a fresh tensor.
             batch = torch.tensor(x_scaled[start:start + batch_size], dtype=torch.float32,
                                  device=net.x_center.device)
-            outputs.append(net.unscale_y(net(batch)).cpu().numpy())
+            outputs.append(net.to_output(net(batch)).cpu().numpy())
     return np.concatenate(outputs) if outputs else np.empty((0, net.spec.lookback, len(net.spec.targets)))
 
 

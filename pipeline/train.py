@@ -48,10 +48,14 @@ def build_module(cfg: DictConfig, dm) -> Any:
         lookback=prepared.spec.lookback, horizon=prepared.spec.horizon, mode=prepared.spec.mode,
         hidden_size=model_cfg.hidden_size, num_layers=model_cfg.num_layers,
         dropout=model_cfg.dropout, bidirectional=model_cfg.bidirectional,
+        init_state=model_cfg.get("init_state", "zeros"), task=cfg.data.get("task", "regression"),
+        cell=model_cfg.get("cell"),
         x_scaler=prepared.x_scaler.to_dict(), y_scaler=prepared.y_scaler.to_dict(),
     )
+    burn_in = cfg.data.get("burn_in", 0) if prepared.spec.mode == "sequence" else 0
     return ForecastModule(spec.to_dict(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                          loss_from_step=cfg.data.get("burn_in", 0) if prepared.spec.mode == "sequence" else 0)
+                          loss_from_step=burn_in, teacher_forcing=model_cfg.get("teacher_forcing", 0.0),
+                          recurrent_l2=model_cfg.get("recurrent_l2", 0.0))
 
 
 def build_trainer(trainer_cfg: DictConfig, logger, checkpoint_dir: str, extra_callbacks=()):
@@ -80,6 +84,8 @@ def build_trainer(trainer_cfg: DictConfig, logger, checkpoint_dir: str, extra_ca
         enable_progress_bar=trainer_cfg.get("progress_bar", True),
         enable_model_summary=trainer_cfg.get("model_summary", True),
         deterministic=trainer_cfg.get("deterministic", False),
+        # The DataModule picks its own samplers under DDP (no padding of evaluation windows).
+        use_distributed_sampler=False,
     )
 
 
@@ -118,12 +124,20 @@ def resume_target(cfg: DictConfig, zero: bool) -> tuple[str | None, str | None]:
 
 
 def start_tracking(cfg: DictConfig, dm, config: dict, resume_run: str | None):
+    import mlflow
+
+    from pipeline.data.fetch import dataset_for_mlflow
     from pipeline.tracking.run import open_run, reopen_run, run_name_for
 
     if resume_run:
         return reopen_run(cfg.tracking.uri, resume_run, config)
-    return open_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"),
-                    run_name_for(cfg.model.name, cfg.data.name), run_tags(cfg, dm), config)
+    handle = open_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"),
+                      run_name_for(cfg.model.name, cfg.data.name), run_tags(cfg, dm), config)
+    with mlflow.start_run(run_id=handle.run_id):
+        # The dataset's content digest names exactly the data this run saw.
+        mlflow.log_input(dataset_for_mlflow(dm.prepared), context="training")
+    handle.client.update_run(handle.run_id, status="RUNNING")  # leaving start_run() finished it
+    return handle
 
 
 def train(cfg: DictConfig) -> TrainResult | None:
@@ -182,6 +196,9 @@ def finish_run(cfg: DictConfig, handle, module, dm, config: dict, best: str | No
     from pipeline.tracking.publish import Evaluation, publish_results
 
     handle.client.set_tag(handle.run_id, "world_size", str(len(digests) or 1))
+    handle.client.set_tag(handle.run_id, "n_params", str(sum(p.numel() for p in module.net.parameters())))
+    if cfg.get("study"):
+        handle.client.set_tag(handle.run_id, "study", cfg.study)
     if digests:
         handle.client.set_tag(handle.run_id, "ddp_weights_digests", ",".join(digests))
     evaluation = Evaluation(scored_from=module.hparams.loss_from_step, season=cfg.data.get("season"))

@@ -7,7 +7,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
 
 from pipeline.data.fetch import fetch, plain
 from pipeline.data.prepare import PreparedData, prepare_samples, prepare_series
@@ -24,6 +25,19 @@ def _tensor_dataset(windows: Windows) -> TensorDataset:
     # Copy the strided views once into contiguous float32 tensors the loader can index fast.
     return TensorDataset(torch.tensor(windows.x, dtype=torch.float32),
                          torch.tensor(windows.y, dtype=torch.float32))
+
+
+def _distributed_sampler(dataset: TensorDataset, split: str, shuffle: bool) -> Sampler | None:
+    """Under DDP (the Trainer runs with use_distributed_sampler=False): training windows are
+    split across ranks with padding, so every rank takes the same number of gradient steps;
+    evaluation windows are split without padding, so synced metrics count each window once."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    if torch.distributed.get_world_size() == 1:
+        return None
+    if split == "train":
+        return DistributedSampler(dataset, shuffle=shuffle)
+    return UnrepeatedDistributedSampler(dataset, shuffle=False)
 
 
 class SeriesDataModule(L.LightningDataModule):
@@ -50,7 +64,9 @@ class SeriesDataModule(L.LightningDataModule):
         return len(self.prepared.targets)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self._datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+        sampler = _distributed_sampler(self._datasets[split], split, shuffle)
+        return DataLoader(self._datasets[split], batch_size=self.batch_size,
+                          shuffle=shuffle if sampler is None else False, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 

@@ -10,8 +10,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from pipeline.errors import require
 from pipeline.models.heads import build_head
 from pipeline.models.registry import build_backbone
+from pipeline.models.seq2seq import Seq2SeqDecoder
+
+INIT_STATES = ("zeros", "learned")
+TASKS = ("regression", "classification")
 
 
 @dataclass
@@ -26,8 +31,19 @@ class NetworkSpec:
     num_layers: int = 1
     dropout: float = 0.0
     bidirectional: bool = False
+    init_state: str = "zeros"
+    task: str = "regression"
+    cell: str | None = None  # seq2seq: the recurrent cell of encoder and decoder
     x_scaler: dict = field(default_factory=dict)
     y_scaler: dict = field(default_factory=dict)
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return self.variant == "seq2seq"
+
+    @property
+    def backbone_variant(self) -> str:
+        return (self.cell or "lstm") if self.is_seq2seq else self.variant
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,30 +59,84 @@ def _affine_buffers(scaler: dict, width: int) -> tuple[torch.Tensor, torch.Tenso
     return center, scale
 
 
+class LearnedInitialState(nn.Module):
+    """A trained initial (h0[, c0]) shared by all sequences, instead of zeros."""
+
+    def __init__(self, layers_x_directions: int, hidden_size: int, with_cell: bool) -> None:
+        super().__init__()
+        self.h0 = nn.Parameter(torch.zeros(layers_x_directions, 1, hidden_size))
+        self.c0 = nn.Parameter(torch.zeros(layers_x_directions, 1, hidden_size)) if with_cell else None
+
+    def forward(self, batch: int):
+        h0 = self.h0.expand(-1, batch, -1).contiguous()
+        if self.c0 is None:
+            return h0
+        return h0, self.c0.expand(-1, batch, -1).contiguous()
+
+
+def _validate(spec: NetworkSpec) -> None:
+    require(spec.init_state in INIT_STATES, "model.init_state", spec.init_state,
+            f"must be one of {', '.join(INIT_STATES)}")
+    require(spec.task in TASKS, "data.task", spec.task, f"must be one of {', '.join(TASKS)}")
+    if spec.is_seq2seq:
+        require(spec.mode == "forecast", "model.name", "seq2seq",
+                "needs a forecasting data config (data.mode=forecast), not a per-step sequence task")
+        require(spec.cell != "seq2seq", "model.cell", spec.cell, "must be a recurrent cell, e.g. lstm or gru")
+
+
 class Forecaster(nn.Module):
     """forward() works in scaled space (training); predict_raw() takes and returns raw values."""
 
     def __init__(self, spec: NetworkSpec) -> None:
         super().__init__()
+        _validate(spec)
         self.spec = spec
-        self.backbone = build_backbone(spec.variant, len(spec.inputs), spec.hidden_size,
+        self.backbone = build_backbone(spec.backbone_variant, len(spec.inputs), spec.hidden_size,
                                        spec.num_layers, spec.dropout, spec.bidirectional)
-        self.head = build_head(spec.mode, self.backbone.output_size, len(spec.targets), spec.horizon)
+        directions = self.backbone.num_directions
+        self.initial_state = (LearnedInitialState(spec.num_layers * directions, spec.hidden_size,
+                                                  self.backbone.carries_cell_state)
+                              if spec.init_state == "learned" else None)
+        if spec.is_seq2seq:
+            self.head = Seq2SeqDecoder(spec.backbone_variant, len(spec.targets), spec.hidden_size,
+                                       spec.num_layers, spec.dropout, directions)
+        else:
+            self.head = build_head(spec.mode, self.backbone.output_size, len(spec.targets), spec.horizon)
+        # Where each target sits among the inputs: seq2seq starts decoding from its last value.
+        self._target_columns = [spec.inputs.index(t) for t in spec.targets if t in spec.inputs]
         for prefix, scaler, width in (("x", spec.x_scaler, len(spec.inputs)),
                                       ("y", spec.y_scaler, len(spec.targets))):
             center, scale = _affine_buffers(scaler, width)
             self.register_buffer(f"{prefix}_center", center)
             self.register_buffer(f"{prefix}_scale", scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs, _ = self.backbone(x)
+    def _last_targets(self, x: torch.Tensor) -> torch.Tensor:
+        # Same column, same scaler kind, same training rows: its x and y scaling coincide.
+        if len(self._target_columns) == len(self.spec.targets):
+            return x[:, -1, self._target_columns]
+        return x.new_zeros(len(x), len(self.spec.targets))
+
+    def forward(self, x: torch.Tensor, teacher: torch.Tensor | None = None,
+                teacher_forcing: float = 0.0) -> torch.Tensor:
+        """Scaled windows -> scaled predictions (regression) or logits (classification)."""
+        state = self.initial_state(len(x)) if self.initial_state is not None else None
+        outputs, final = self.backbone(x, state)
+        if self.spec.is_seq2seq:
+            return self.head(final, self._last_targets(x), self.spec.horizon, teacher, teacher_forcing)
         return self.head(outputs, self.backbone.num_directions)
 
+    def to_output(self, y: torch.Tensor) -> torch.Tensor:
+        """Network output -> what users read: raw-scale values, or probabilities for classes."""
+        if self.spec.task == "classification":
+            return torch.sigmoid(y)
+        return y * self.y_scale + self.y_center
+
     def unscale_y(self, y: torch.Tensor) -> torch.Tensor:
+        """Scaled targets -> raw targets (identity for class labels, which are never scaled)."""
         return y * self.y_scale + self.y_center
 
     @torch.no_grad()
     def predict_raw(self, x_raw: torch.Tensor) -> torch.Tensor:
         """(batch, lookback, inputs) raw values -> (batch, steps, targets) raw-scale predictions."""
         x = (x_raw - self.x_center) / self.x_scale
-        return self.unscale_y(self(x))
+        return self.to_output(self(x))

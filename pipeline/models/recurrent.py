@@ -10,6 +10,8 @@ from pipeline.models.registry import register_backbone
 class _TorchRecurrentMixin:
     """batch_first everywhere; dropout only between stacked layers (torch warns otherwise)."""
 
+    carries_cell_state = False  # state is h alone; LSTMs carry (h, c)
+
     def _init_torch(self, base: type[nn.RNNBase], input_size: int, hidden_size: int,
                     num_layers: int, dropout: float, bidirectional: bool, **kwargs) -> None:
         base.__init__(self, input_size, hidden_size, num_layers=num_layers, batch_first=True,
@@ -27,6 +29,7 @@ class _TorchRecurrentMixin:
 
 @register_backbone("lstm")
 class LSTMBackbone(_TorchRecurrentMixin, nn.LSTM):
+    carries_cell_state = True
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  dropout: float = 0.0, bidirectional: bool = False) -> None:
         self._init_torch(nn.LSTM, input_size, hidden_size, num_layers, dropout, bidirectional)

@@ -1,7 +1,8 @@
 """One registry of recurrent backbones: variant name -> nn.Module class.
 
 A backbone takes (batch, time, features) and returns (outputs (batch, time, output_size), state),
-like torch.nn.LSTM(batch_first=True); it exposes `output_size` and `num_directions`.
+like torch.nn.LSTM(batch_first=True); it exposes `output_size`, `num_directions` and
+`carries_cell_state` (True when the state is (h, c) rather than h).
 """
 
 from __future__ import annotations
@@ -40,4 +41,4 @@ def build_backbone(variant: str, input_size: int, hidden_size: int, num_layers: 
 
 
 def _load_builtin_backbones() -> None:
-    from pipeline.models import recurrent  # noqa: F401  (registers on import)
+    from pipeline.models import custom, recurrent  # noqa: F401  (registers on import)
