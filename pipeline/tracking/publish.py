@@ -100,7 +100,7 @@ def publish_results(handle: RunHandle, net: Forecaster, prepared: PreparedData,
 
 def tag_version(handle: RunHandle, logged: LoggedModel, net: Forecaster) -> None:
     run = handle.client.get_run(handle.run_id)
-    tags = {"variant": net.spec.variant, "data_digest": run.data.tags.get("data_digest", ""),
+    tags = {"variant": net.spec.label, "data_digest": run.data.tags.get("data_digest", ""),
             "run_name": handle.run_name}
     tags.update({k: f"{v:.6g}" for k, v in run.data.metrics.items() if k.startswith("test/")})
     for key, value in tags.items():
