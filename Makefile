@@ -60,7 +60,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests benchmarks dags
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # --- retraining: `make retrain`, the Airflow DAG, the workflow linter ---------------------------

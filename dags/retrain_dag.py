@@ -1,0 +1,137 @@
+"""Daily retraining after the market close (Airflow 3):
+
+    fetch -> validate -> train (one mapped task per variant) -> evaluate -> promote
+
+Each task runs one stage of pipeline.retrain, the same functions `make retrain` chains, and
+hands the next one small values only: digests, run ids, versions. The scheduler parses this file
+often, so it imports nothing from the pipeline (torch, lightning, mlflow, pandas) at module level;
+the tasks import it when they run.
+
+Settings, read from the environment where the DAG is parsed:
+
+    PIPELINE_RETRAIN_SCHEDULE   cron of the runs        default "30 16 * * 1-5" (16:30, Mon-Fri)
+    PIPELINE_RETRAIN_TIMEZONE   the cron's time zone    default Asia/Shanghai (SSE closes 15:00)
+    PIPELINE_RETRAIN_DATA       data config             default stock
+    PIPELINE_RETRAIN_VARIANTS   comma-separated         default lstm,gru,peephole
+    PIPELINE_RETRAIN_OVERRIDES  extra Hydra overrides, shell-quoted (e.g. "trainer.max_epochs=50")
+
+and, as for `make train`, MLFLOW_TRACKING_URI and TUSHARE_TOKEN where the tasks run, and
+PIPELINE_DATA_CACHE: the folder the fetch task fills and every later task reads (offline, so all
+variants train on one snapshot); workers that run this DAG's tasks must share it. A run's
+params (data, variants, tracking_uri, overrides) start from those defaults and can be changed per
+run: airflow dags trigger lstm_retrain -c '{"variants": ["lstm", "gru"]}'.
+
+The weekday cron also fires on exchange holidays: such a run retrains on unchanged data, and its
+versions still have to beat the champion on the same windows to be promoted.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+SCHEDULE = os.environ.get("PIPELINE_RETRAIN_SCHEDULE", "30 16 * * 1-5")
+TIMEZONE = os.environ.get("PIPELINE_RETRAIN_TIMEZONE", "Asia/Shanghai")
+DATA = os.environ.get("PIPELINE_RETRAIN_DATA", "stock")
+VARIANTS = [v.strip() for v in os.environ.get("PIPELINE_RETRAIN_VARIANTS", "lstm,gru,peephole").split(",")
+            if v.strip()]
+OVERRIDES = shlex.split(os.environ.get("PIPELINE_RETRAIN_OVERRIDES", ""))
+
+
+@contextmanager
+def stage() -> Iterator[list[str]]:
+    """Around every task: this run's params as the Hydra overrides each stage composes its config
+    from; a config error fails the task at once, since retrying cannot fix a bad config."""
+    from pipeline.cli import quiet_mlflow
+    from pipeline.errors import ConfigError
+    from pipeline.retrain import overrides_from_params
+
+    quiet_mlflow()
+    try:
+        yield overrides_from_params(**get_current_context()["params"])
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from None
+
+
+@dag(
+    dag_id="lstm_retrain",
+    description="Retrain the LSTM-family forecasters on the latest closes; promote the best if it beats the champion",
+    schedule=CronTriggerTimetable(SCHEDULE, timezone=TIMEZONE),
+    start_date=pendulum.datetime(2026, 1, 1, tz=TIMEZONE),
+    catchup=False,  # a missed day is not worth retraining once the next one's data is in
+    max_active_runs=1,  # two retrains racing for @champion would each compare against a stale one
+    dagrun_timeout=timedelta(hours=4),
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2)},
+    params={
+        "data": Param(DATA, type="string", minLength=1, description="data config (conf/data/<name>.yaml)"),
+        "variants": Param(VARIANTS, type="array", items={"type": "string", "minLength": 1}, minItems=1,
+                          description="model variants to train, one task each"),
+        "tracking_uri": Param("", type="string",
+                              description="MLflow tracking URI; empty: MLFLOW_TRACKING_URI of the workers"),
+        "overrides": Param(OVERRIDES, type="array", items={"type": "string"},
+                           description="extra Hydra overrides, e.g. trainer.max_epochs=50"),
+    },
+    tags=["lstm-pipeline", "retrain"],
+)
+def lstm_retrain():
+    # The data vendor publishes the day's closes some time after the close and its API has bad
+    # minutes: retry with backoff, and never let one hanging request hold the run.
+    @task(retries=4, retry_delay=timedelta(minutes=5), retry_exponential_backoff=True,
+          execution_timeout=timedelta(minutes=10), multiple_outputs=False)
+    def fetch() -> dict:
+        from pipeline import retrain
+
+        with stage() as overrides:
+            retrain.check_tracking(overrides)
+            return retrain.fetch_data(overrides).as_dict()
+
+    @task(execution_timeout=timedelta(minutes=10))
+    def validate(fetched: dict) -> list[str]:
+        from pipeline import retrain
+
+        with stage() as overrides:
+            return retrain.validate(overrides, retrain.FetchReport.from_dict(fetched)).variants
+
+    # A failed training is a bug or bad data, not a hiccup: no retries.
+    @task(retries=0, execution_timeout=timedelta(hours=2), multiple_outputs=False)
+    def train(variant: str) -> dict:
+        from pipeline import retrain
+
+        with stage() as overrides:
+            return retrain.train_variant(overrides, variant).as_dict()
+
+    @task(execution_timeout=timedelta(minutes=20))
+    def evaluate(candidates: list[dict]) -> list[dict]:
+        from pipeline import retrain
+
+        given = [retrain.Candidate.from_dict(c) for c in candidates]
+        with stage() as overrides:
+            return [c.as_dict() for c in retrain.evaluate(overrides, given)]
+
+    @task(execution_timeout=timedelta(minutes=20), multiple_outputs=False)
+    def promote(fetched: dict, ranked: list[dict]) -> dict:
+        from pipeline import retrain
+
+        candidates = [retrain.Candidate.from_dict(c) for c in ranked]
+        with stage() as overrides:
+            decision = retrain.promote_best(overrides, candidates)
+            summary = retrain.finish(overrides, retrain.FetchReport.from_dict(fetched), candidates,
+                                     decision)
+        print(retrain.summary_table(summary), flush=True)
+        return {"summary_file": summary.summary_file, "best": summary.best,
+                "promoted": summary.promoted, "champion": summary.champion}
+
+    fetched = fetch()
+    variants = validate(fetched)
+    candidates = train.expand(variant=variants)
+    promote(fetched, evaluate(candidates))
+
+
+lstm_retrain()

@@ -1,0 +1,163 @@
+"""The Airflow DAG in dags/: it parses without errors or heavy imports, and `airflow dags test`
+runs it end to end against a temporary Airflow home and MLflow store.
+
+Airflow lives in its own virtualenv (`make dag-test` creates .venv-airflow and runs this file
+there); in an interpreter without it every test here is skipped. Airflow runs in subprocesses
+only: importing it would write an airflow.cfg into the user's home and fix its settings for the
+whole pytest process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking.registry import (
+    CHAMPION,
+    load_registered_network,
+    load_test_windows,
+    score_on_windows,
+)
+from tests.conftest import REPO, TINY
+
+
+def _airflow_version() -> str | None:
+    try:
+        return version("apache-airflow-core")
+    except PackageNotFoundError:
+        return None
+
+
+pytestmark = pytest.mark.skipif(
+    _airflow_version() is None,
+    reason="Airflow is not installed in this interpreter; `make dag-test` installs it in "
+           ".venv-airflow and runs these tests there")
+
+DAG_ID = "lstm_retrain"
+DAGS = REPO / "dags"
+AIRFLOW = Path(sys.executable).parent / "airflow"
+
+# Run in a fresh interpreter: parse the dags folder as the scheduler does and describe the DAG.
+PARSE = """
+import json, sys, time
+from airflow.dag_processing.dagbag import DagBag
+
+before = set(sys.modules)
+start = time.perf_counter()
+bag = DagBag(dag_folder=sys.argv[1])
+seconds = time.perf_counter() - start
+loaded = {m.split(".")[0] for m in set(sys.modules) - before}
+dag = bag.dags.get("lstm_retrain")
+print(json.dumps({
+    "errors": {str(k): str(v) for k, v in bag.import_errors.items()},
+    "dags": sorted(bag.dags),
+    "seconds": seconds,
+    "heavy": sorted(loaded & {"torch", "lightning", "mlflow", "pandas", "pipeline"}),
+    "cron": dag.timetable.expression,
+    "timezone": str(dag.timetable.timezone),
+    "catchup": dag.catchup,
+    "max_active_runs": dag.max_active_runs,
+    "params": {k: dag.params[k] for k in dag.params.keys()},
+    "downstream": {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks},
+    "mapped": sorted(t.task_id for t in dag.tasks if type(t).__name__.endswith("MappedOperator")),
+    "fetch": {"retries": dag.get_task("fetch").retries,
+              "timeout_s": dag.get_task("fetch").execution_timeout.total_seconds()},
+}))
+"""
+
+
+def airflow_env(root: Path, **extra: str) -> dict[str, str]:
+    """A throwaway Airflow home (sqlite metadata db) that sees only our dags folder."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PIPELINE_RETRAIN_"))}
+    env.update({
+        "AIRFLOW_HOME": str(root / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{root / 'airflow' / 'airflow.db'}",
+        **extra,
+    })
+    return env
+
+
+def parse_dags(root: Path, **extra: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", PARSE, str(DAGS)], env=airflow_env(root, **extra),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_dags_folder_parses_quickly_without_heavy_imports(tmp_path) -> None:
+    parsed = parse_dags(tmp_path)
+    assert parsed["errors"] == {}
+    assert parsed["dags"] == [DAG_ID]
+    assert parsed["heavy"] == [], "the DAG file must import the pipeline inside its tasks only"
+    assert parsed["seconds"] < 5
+    assert parsed["downstream"] == {"fetch": ["promote", "validate"], "validate": ["train"],
+                                    "train": ["evaluate"], "evaluate": ["promote"], "promote": []}
+    assert parsed["mapped"] == ["train"]
+    assert parsed["fetch"]["retries"] >= 1 and 0 < parsed["fetch"]["timeout_s"] <= 3600
+    assert (parsed["cron"], parsed["timezone"]) == ("30 16 * * 1-5", "Asia/Shanghai")
+    assert parsed["catchup"] is False and parsed["max_active_runs"] == 1
+    assert parsed["params"] == {"data": "stock", "variants": ["lstm", "gru", "peephole"],
+                                "tracking_uri": "", "overrides": []}
+
+
+def test_schedule_and_defaults_come_from_the_environment(tmp_path) -> None:
+    parsed = parse_dags(tmp_path, PIPELINE_RETRAIN_SCHEDULE="0 17 * * 1-5",
+                        PIPELINE_RETRAIN_TIMEZONE="UTC", PIPELINE_RETRAIN_DATA="sine",
+                        PIPELINE_RETRAIN_VARIANTS="lstm, gru",
+                        PIPELINE_RETRAIN_OVERRIDES="trainer.max_epochs=5 'tracking.experiment=a b'")
+    assert parsed["errors"] == {}
+    assert (parsed["cron"], parsed["timezone"]) == ("0 17 * * 1-5", "UTC")
+    assert parsed["params"] == {"data": "sine", "variants": ["lstm", "gru"], "tracking_uri": "",
+                                "overrides": ["trainer.max_epochs=5", "tracking.experiment=a b"]}
+
+
+def _airflow(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run([str(AIRFLOW), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, f"airflow {args[0]} {args[1]} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+@pytest.mark.slow
+def test_airflow_dags_test_retrains_registers_and_promotes(tmp_path) -> None:
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = airflow_env(tmp_path, MLFLOW_TRACKING_URI=store)
+    conf = {"data": "sine", "variants": ["lstm", "gru"], "tracking_uri": store,
+            "overrides": [*TINY, f"tracking.artifact_root={tmp_path / 'mlartifacts'}",
+                          f"retrain.output_dir={tmp_path / 'out'}"]}
+    _airflow(["db", "migrate"], env, tmp_path)
+    _airflow(["dags", "test", DAG_ID, "--conf", json.dumps(conf)], env, tmp_path)
+
+    listed = _airflow(["dags", "list-runs", DAG_ID, "--output", "json"], env, tmp_path)
+    runs = json.loads(listed.stdout.strip().splitlines()[-1])  # after any log lines
+    assert [r["state"] for r in runs] == ["success"]
+
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("sine")
+    trained = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["variant"] for r in trained) == ["gru", "lstm"]
+    assert {r.info.status for r in trained} == {"FINISHED"}
+    versions = sorted(str(v.version) for v in client.search_model_versions("name='sine-forecaster'"))
+    assert versions == ["1", "2"]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(store)  # load_registered_network reads the global registry URI
+    windows = load_test_windows(client, trained[0].info.run_id)
+    scores = {v: score_on_windows(load_registered_network("sine-forecaster", v), windows, "mse")
+              for v in versions}
+    champion = str(client.get_model_version_by_alias("sine-forecaster", CHAMPION).version)
+    assert champion == min(scores, key=scores.get)
+
+    summary = json.loads((tmp_path / "out" / "retrain_summary.json").read_text())
+    assert summary["champion"] == champion and summary["decision"]["promoted"] is True
+    assert {c["run_id"] for c in summary["candidates"]} == {r.info.run_id for r in trained}
