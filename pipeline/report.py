@@ -97,6 +97,13 @@ def toy_predictions(client: MlflowClient, runs: dict[str, Run]) -> str:
     return "\n".join(parts)
 
 
+def configured_studies() -> list[str]:
+    from pipeline.cli import group_options
+    from pipeline.train import CONF_DIR
+
+    return group_options(CONF_DIR, "experiment")
+
+
 def build_report(client: MlflowClient, out: Path) -> Path:
     studies = latest_runs_by_study(client)
     if not studies:
@@ -111,6 +118,11 @@ def build_report(client: MlflowClient, out: Path) -> Path:
         links = copy_plots(client, study, runs, out)
         if links:
             lines += ["Plots: " + " · ".join(links), ""]
+    missing = [s for s in configured_studies() if s not in studies]
+    if missing:
+        lines += ["## Not run in this store", "",
+                  *[f"- {s}: no finished runs (see its file in conf/experiment/ for what it needs)"
+                    for s in missing], ""]
     out.mkdir(parents=True, exist_ok=True)
     report = out / "studies.md"
     report.write_text("\n".join(lines))
