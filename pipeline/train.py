@@ -173,16 +173,16 @@ def train(cfg: DictConfig) -> TrainResult | None:
 
 
 def fit_test_publish(cfg: DictConfig, dm, module, config: dict, handle, ckpt_path: str | None):
-    from lightning.pytorch.loggers import MLFlowLogger
-
     from pipeline.distributed import WeightsAgreement
     from pipeline.tracking.checkpoints import MlflowCheckpointMirror
+    from pipeline.tracking.logger import BufferedMLFlowLogger
     from pipeline.tracking.run import run_guard
 
     with run_guard(handle), checkpoint_directory(cfg.trainer) as ckpt_dir:
         run_id = handle.run_id if handle else None
-        logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, tracking_uri=cfg.tracking.uri,
-                              run_id=run_id)
+        logger = BufferedMLFlowLogger(experiment_name=cfg.tracking.experiment,
+                                      tracking_uri=cfg.tracking.uri, run_id=run_id,
+                                      flush_every_s=cfg.tracking.get("flush_every_s", 5.0))
         agreement = WeightsAgreement()
         mirror = MlflowCheckpointMirror(handle.client if handle else None, run_id, ckpt_dir)
         trainer = build_trainer(cfg.trainer, logger, ckpt_dir, [mirror, agreement])

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 # Slow enough per epoch (about 1-2 s on 2 cores) to interrupt between epochs reliably.
 ARGS = ["data.params.points=3000", "data.lookback=20", "model.hidden_size=16",
-        "trainer.max_epochs=6", "trainer.early_stopping_patience=0",
+        "trainer.max_epochs=6", "trainer.early_stopping_patience=0", "tracking.flush_every_s=0",
         "trainer.progress_bar=false", "trainer.model_summary=false"]
 
 
