@@ -29,7 +29,10 @@ def predict_windows(net: Forecaster, x_scaled: np.ndarray, batch_size: int = 102
             batch = torch.tensor(x_scaled[start:start + batch_size], dtype=torch.float32,
                                  device=net.x_center.device)
             outputs.append(net.to_output(net(batch)).cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.empty((0, net.spec.lookback, len(net.spec.targets)))
+    if outputs:
+        return np.concatenate(outputs)
+    steps = net.spec.lookback if net.spec.mode == "sequence" else net.spec.horizon
+    return np.empty((0, steps, len(net.spec.targets)))
 
 
 def predictions_frame(net: Forecaster, prepared: PreparedData, splits=SPLITS) -> pd.DataFrame:
