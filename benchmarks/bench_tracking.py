@@ -22,12 +22,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import MLFlowLogger
 
+from pipeline.cli import compose
 from pipeline.data.datamodule import build_datamodule
 from pipeline.tracking.logger import BufferedMLFlowLogger
-from pipeline.train import CONF_DIR, build_module
+from pipeline.train import build_module
 
 MODES = ("no logger", "mlflow sync", "mlflow async", "pipeline buffered")
 
@@ -66,8 +66,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train")
+    cfg = compose("train")
     times: dict[str, list[float]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "bench.db"

@@ -29,6 +29,23 @@ def exit_on_pipeline_error() -> Iterator[None]:
         fail(scrub_text(str(exc)), exc.exit_code)
 
 
+def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()):
+    """A config composed from conf/ exactly as the CLI would, for the stages called from Python
+    (retrain, experiments, benchmarks, tests); a bad override becomes a one-line ConfigError."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    from pipeline.errors import ConfigError
+
+    conf_dir = Path(__file__).resolve().parent.parent / "conf"
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except HydraException as exc:
+        raise ConfigError(" ".join(str(exc).split())) from None
+
+
 def quiet_mlflow() -> None:
     """No per-file download progress bars in our command-line output."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.cli import group_options, quiet_mlflow
+from pipeline.cli import compose, group_options, quiet_mlflow
 from pipeline.errors import DataError, PipelineError
 from pipeline.train import CONF_DIR
 
@@ -29,19 +29,15 @@ class Outcome:
     seconds: float
 
 
-def compose(study: str, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=[f"experiment={study}", *overrides])
+def compose_study(study: str, overrides: list[str]):
+    return compose("train", [f"experiment={study}", *overrides])
 
 
 def plan(mode: str, studies: list[str], variants: list[str] | None) -> list[tuple[str, str, list[str]]]:
     """(study, variant, overrides) for every run to make."""
     runs = []
     for study in studies:
-        runner = compose(study, []).runner
+        runner = compose_study(study, []).runner
         extra = list(runner.quick) if mode == "quick" else []
         for variant, overrides in runner.variants.items():
             if variants is None or variant in variants:
@@ -55,7 +51,7 @@ def run_one(study: str, variant: str, overrides: list[str], extra: list[str]) ->
 
     start = time.perf_counter()
     try:
-        result = train(compose(study, [*overrides, *extra]))
+        result = train(compose_study(study, [*overrides, *extra]))
     except DataError as exc:  # data that cannot be had here: say so, go on with the rest
         return Outcome(study, variant, "skipped", str(exc), time.perf_counter() - start)
     metrics = {k.removeprefix("test/"): v for k, v in result.test_metrics.items()}

@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipeline.cli import check_group_choices, exit_on_pipeline_error, quiet_mlflow
+from pipeline.cli import check_group_choices, compose, exit_on_pipeline_error, quiet_mlflow
 from pipeline.errors import ConfigError, DataError, PipelineError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -43,15 +43,8 @@ log = logging.getLogger(__name__)
 
 def compose_config(overrides: Sequence[str] = (), variant: str | None = None) -> DictConfig:
     """conf/retrain.yaml with the overrides, and with `variant` as the model if one is given."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
     overrides = list(overrides) if variant is None else variant_overrides(overrides, variant)
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose(config_name=CONFIG_NAME, overrides=overrides)
-    except HydraException as exc:
-        raise ConfigError(" ".join(str(exc).split())) from None
+    return compose(CONFIG_NAME, overrides)
 
 
 def variant_overrides(overrides: Sequence[str], variant: str) -> list[str]:
