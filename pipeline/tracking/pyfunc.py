@@ -6,6 +6,7 @@ It carries its own scaler, window settings and code, so a loaded model needs not
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -75,6 +76,9 @@ def log_forecaster(net: Forecaster, input_example: pd.DataFrame, registered_mode
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, weights_path = Path(tmp, "spec.json"), Path(tmp, "weights.pt")
         spec_path.write_text(json.dumps(net.spec.to_dict(), indent=2))
+        # The model carries our code, without bytecode caches of this interpreter.
+        code = shutil.copytree(_PACKAGE_DIR, Path(tmp, "code", "pipeline"),
+                               ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         torch.save(net.state_dict(), weights_path)
         output_example = forecast_frame(net, input_example)
         with warnings.catch_warnings():
@@ -83,9 +87,9 @@ def log_forecaster(net: Forecaster, input_example: pd.DataFrame, registered_mode
             signature = infer_signature(input_example, output_example)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(_PACKAGE_DIR / "tracking" / "pyfunc_entry.py"),
+            python_model=str(Path(code) / "tracking" / "pyfunc_entry.py"),
             artifacts={"spec": str(spec_path), "weights": str(weights_path)},
-            code_paths=[str(_PACKAGE_DIR)],
+            code_paths=[str(code)],
             signature=signature,
             input_example=input_example,
             pip_requirements=_requirements(),
