@@ -10,6 +10,8 @@ from pathlib import Path
 
 from pipeline.errors import PipelineError
 
+# The Hydra config tree every entry point composes from.
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("data", "model", "trainer", "tracking", "experiment")
 
 
@@ -38,9 +40,8 @@ def compose(config_name: str, overrides: list[str] | tuple[str, ...] = ()):
 
     from pipeline.errors import ConfigError
 
-    conf_dir = Path(__file__).resolve().parent.parent / "conf"
     try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except HydraException as exc:
         raise ConfigError(" ".join(str(exc).split())) from None

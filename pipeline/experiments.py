@@ -13,11 +13,9 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from pipeline.cli import compose, group_options, quiet_mlflow
+from pipeline.cli import CONF_DIR, compose, group_options, quiet_mlflow
 from pipeline.errors import DataError, PipelineError
-from pipeline.train import CONF_DIR
 
 
 @dataclass
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every run")
     args = parser.parse_args(argv)
     quiet_mlflow()
-    studies = args.studies.split(",") if args.studies else group_options(Path(CONF_DIR), "experiment")
+    studies = args.studies.split(",") if args.studies else group_options(CONF_DIR, "experiment")
     variants = args.variants.split(",") if args.variants else None
     outcomes = []
     try:

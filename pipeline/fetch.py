@@ -7,15 +7,12 @@ training, and prints one line: source, rows, date range, digest, cache file, fre
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.cli import check_group_choices, exit_on_pipeline_error
+from pipeline.cli import CONF_DIR, check_group_choices, exit_on_pipeline_error
 from pipeline.data.fetch import FetchResult, fetch
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def summary_line(name: str, result: FetchResult) -> str:

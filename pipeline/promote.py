@@ -11,8 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from pipeline.cli import check_group_choices, exit_on_pipeline_error, quiet_mlflow
-from pipeline.train import CONF_DIR
+from pipeline.cli import CONF_DIR, check_group_choices, exit_on_pipeline_error, quiet_mlflow
 
 
 def promote_from_config(cfg: DictConfig):

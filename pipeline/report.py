@@ -18,7 +18,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import fail, quiet_mlflow
+from pipeline.cli import CONF_DIR, fail, group_options, quiet_mlflow
 
 MODEL_METRICS = ("mse", "mae", "rmse", "mape", "accuracy", "exact_match")
 BASELINE_METRICS = ("persistence_mae", "mase", "seasonal_naive_mae", "mase_seasonal_naive")
@@ -98,9 +98,6 @@ def toy_predictions(client: MlflowClient, runs: dict[str, Run]) -> str:
 
 
 def configured_studies() -> list[str]:
-    from pipeline.cli import group_options
-    from pipeline.train import CONF_DIR
-
     return group_options(CONF_DIR, "experiment")
 
 

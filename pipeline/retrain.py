@@ -28,10 +28,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from pipeline.cli import check_group_choices, compose, exit_on_pipeline_error, quiet_mlflow
+from pipeline.cli import (
+    CONF_DIR,
+    check_group_choices,
+    compose,
+    exit_on_pipeline_error,
+    quiet_mlflow,
+)
 from pipeline.errors import ConfigError, DataError, PipelineError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 CONFIG_NAME = "retrain"
 SUMMARY_FILE = "retrain_summary.json"
 

@@ -14,10 +14,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.cli import check_group_choices, exit_on_pipeline_error, quiet_mlflow
+from pipeline.cli import CONF_DIR, check_group_choices, exit_on_pipeline_error, quiet_mlflow
 from pipeline.errors import TrainingInterrupted
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 @dataclass
@@ -89,16 +87,10 @@ def build_trainer(trainer_cfg: DictConfig, logger, checkpoint_dir: str, extra_ca
     )
 
 
-def variant_label(cfg: DictConfig) -> str:
-    """seq2seq runs are named by their cell too (seq2seq-gru), so variants stay distinguishable."""
-    name = cfg.model.name
-    return f"{name}-{cfg.model.get('cell') or 'lstm'}" if name == "seq2seq" else name
-
-
-def run_tags(cfg: DictConfig, dm) -> dict[str, str]:
+def run_tags(cfg: DictConfig, dm, variant: str) -> dict[str, str]:
     from pipeline.tracking.run import environment_tags
 
-    return {**environment_tags(), "variant": variant_label(cfg), "data": cfg.data.name,
+    return {**environment_tags(), "variant": variant, "data": cfg.data.name,
             "data_digest": dm.prepared.digest, "data_source": dm.prepared.source}
 
 
@@ -129,7 +121,7 @@ def resume_target(cfg: DictConfig, zero: bool) -> tuple[str | None, str | None]:
     return local_resume_path(str(target)), None
 
 
-def start_tracking(cfg: DictConfig, dm, config: dict, resume_run: str | None):
+def start_tracking(cfg: DictConfig, dm, variant: str, config: dict, resume_run: str | None):
     import mlflow
 
     from pipeline.data.fetch import dataset_for_mlflow
@@ -138,7 +130,7 @@ def start_tracking(cfg: DictConfig, dm, config: dict, resume_run: str | None):
     if resume_run:
         return reopen_run(cfg.tracking.uri, resume_run, config)
     handle = open_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.get("artifact_root"),
-                      run_name_for(variant_label(cfg), cfg.data.name), run_tags(cfg, dm), config)
+                      run_name_for(variant, cfg.data.name), run_tags(cfg, dm, variant), config)
     with mlflow.start_run(run_id=handle.run_id):
         # The dataset's content digest names exactly the data this run saw.
         mlflow.log_input(dataset_for_mlflow(dm.prepared), context="training")
@@ -164,7 +156,8 @@ def train(cfg: DictConfig) -> TrainResult | None:
     config = OmegaConf.to_container(cfg, resolve=True)
     zero = is_global_zero()
     ckpt_path, resume_run = resume_target(cfg, zero)
-    handle = start_tracking(cfg, dm, config, resume_run) if zero else None
+    # seq2seq runs are named by their cell too (seq2seq-gru), as their model versions are.
+    handle = start_tracking(cfg, dm, module.net.spec.label, config, resume_run) if zero else None
     try:
         return fit_test_publish(cfg, dm, module, config, handle, ckpt_path)
     except SIGTERMException:
@@ -199,14 +192,17 @@ def fit_test_publish(cfg: DictConfig, dm, module, config: dict, handle, ckpt_pat
 def finish_run(cfg: DictConfig, handle, module, dm, config: dict, best: str | None,
                digests: list[str]) -> TrainResult:
     """Rank zero only: artifacts, baselines, model version, promotion."""
+    from mlflow.entities import RunTag
+
     from pipeline.tracking.publish import Evaluation, publish_results
 
-    handle.client.set_tag(handle.run_id, "world_size", str(len(digests) or 1))
-    handle.client.set_tag(handle.run_id, "n_params", str(sum(p.numel() for p in module.net.parameters())))
+    tags = {"world_size": str(len(digests) or 1),
+            "n_params": str(sum(p.numel() for p in module.net.parameters()))}
     if cfg.get("study"):
-        handle.client.set_tag(handle.run_id, "study", cfg.study)
+        tags["study"] = cfg.study
     if digests:
-        handle.client.set_tag(handle.run_id, "ddp_weights_digests", ",".join(digests))
+        tags["ddp_weights_digests"] = ",".join(digests)
+    handle.client.log_batch(handle.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     evaluation = Evaluation(scored_from=module.hparams.loss_from_step, season=cfg.data.get("season"))
     logged = publish_results(handle, module.net, dm.prepared, config, best,
                              cfg.tracking.registered_model if cfg.tracking.register else None,

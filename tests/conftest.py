@@ -12,7 +12,6 @@ import pytest
 from pipeline.cli import compose
 
 REPO = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO / "conf"
 
 # Small enough to train in seconds on 2 CPU cores, big enough to learn something.
 TINY = [

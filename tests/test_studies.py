@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import group_options
+from pipeline.cli import CONF_DIR, group_options
 from pipeline.experiments import main as run_experiments
 from pipeline.experiments import plan
 from pipeline.report import main as build_report
-from pipeline.train import CONF_DIR
 from tests.conftest import compose_config
 
 STUDIES = ["binary_addition", "sine_cosine", "sst_seq2seq", "stock_close", "toy_regression"]
