@@ -9,7 +9,7 @@ ARGS       ?=
 PYTEST_ARGS ?=
 STAMP      := $(VENV)/.installed-stamp
 
-.PHONY: install train test ui server promote fetch bench lint clean experiments report retrain airflow-install dag-test actionlint
+.PHONY: install train test ui server promote fetch bench bench-record lint clean experiments report retrain airflow-install dag-test actionlint config-reference
 
 # `make server`: a shared tracking server with its own store; artifacts are proxied through it.
 SERVER_HOST ?= 127.0.0.1
@@ -44,23 +44,34 @@ server: $(STAMP)
 promote: $(STAMP)
 	$(BIN)/python -m pipeline.promote $(ARGS)
 
+# `make bench` writes to .bench/ (ignored); `make bench-record` replaces the committed results.
+BENCH_OUT ?= .bench
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_rnn.py --out benchmarks/results
-	$(BIN)/python benchmarks/bench_tracking.py --out benchmarks/results
+	$(BIN)/python benchmarks/bench_rnn.py --out $(BENCH_OUT)
+	$(BIN)/python benchmarks/bench_kernel_choices.py --out $(BENCH_OUT)
+	$(BIN)/python benchmarks/bench_tracking.py --out $(BENCH_OUT)
 
-# MODE=quick: a couple of epochs per run (CI); MODE=full: as configured, for the report.
+bench-record:
+	$(MAKE) bench BENCH_OUT=benchmarks/results
+
+# MODE=quick: a couple of epochs per run, into .reports/quick/ (ignored); MODE=full: as
+# configured, into the default store, for the committed reports/.
 MODE ?= full
 experiments: $(STAMP)
-	$(BIN)/python -m pipeline.experiments --mode $(MODE) $(ARGS)
+	$(BIN)/python -m pipeline.experiments experiments.mode=$(MODE) $(ARGS)
 
 report: $(STAMP)
-	$(BIN)/python -m pipeline.report
+	$(BIN)/python -m pipeline.report report.mode=$(MODE) $(ARGS)
+
+# The README's config reference is this table (tests/test_config.py checks they match).
+config-reference: $(STAMP)
+	$(BIN)/python -m pipeline.config
 
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline tests benchmarks dags
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache .ruff_cache .hypothesis .bench .reports
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # --- retraining: `make retrain`, the Airflow DAG, the workflow linter ---------------------------

@@ -24,10 +24,12 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
 
-from pipeline.cli import compose
+from pipeline.cli import load_config
 from pipeline.data.datamodule import build_datamodule
 from pipeline.tracking.logger import BufferedMLFlowLogger
-from pipeline.train import build_module
+from pipeline.tracking.run import open_run
+from pipeline.tracking.store import open_store
+from pipeline.training import build_module
 
 MODES = ("no logger", "mlflow sync", "mlflow async", "pipeline buffered")
 
@@ -35,19 +37,20 @@ MODES = ("no logger", "mlflow sync", "mlflow async", "pipeline buffered")
 def fit_seconds(cfg, mode: str, store: Path, epochs: int) -> float:
     L.seed_everything(0, verbose=False)
     dm = build_datamodule(cfg.data)
-    module = build_module(cfg, dm)
+    module = build_module(cfg, dm.prepared)
     logger = False
-    if mode == "pipeline buffered":  # what pipeline.train uses
-        logger = BufferedMLFlowLogger(experiment_name="bench", tracking_uri=f"sqlite:///{store}")
+    if mode == "pipeline buffered":  # what pipeline.training uses, on a run opened before timing
+        handle = open_run(open_store(f"sqlite:///{store}"), "bench", "bench", {}, {})
+        logger = BufferedMLFlowLogger(handle)
     elif mode != "no logger":
         logger = MLFlowLogger(experiment_name="bench", tracking_uri=f"sqlite:///{store}",
                               synchronous=(mode == "mlflow sync"))
     trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=logger,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, log_every_n_steps=10)
-    if logger:
-        # Connect and create the run before timing: pipeline.train does both before training
-        # starts (open_run), so the loop's overhead is what is left.
+    if isinstance(logger, MLFlowLogger):
+        # Connect and create the run before timing, as the pipeline does (open_run), so the
+        # loop's overhead is what is left.
         _ = logger.run_id
     start = time.perf_counter()
     trainer.fit(module, datamodule=dm)
@@ -66,7 +69,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    cfg = compose("train")
+    cfg = load_config("train")
     times: dict[str, list[float]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "bench.db"

@@ -2,7 +2,7 @@
 
     fetch -> validate -> train (one mapped task per variant) -> evaluate -> promote
 
-Each task runs one stage of pipeline.retrain, the same functions `make retrain` chains, and
+Each task runs one stage of pipeline.retraining.stages, the functions `make retrain` chains, and
 hands the next one small values only: digests, run ids, versions. The scheduler parses this file
 often, so it imports nothing from the pipeline (torch, lightning, mlflow, pandas) at module level;
 the tasks import it when they run.
@@ -18,8 +18,10 @@ Settings, read from the environment where the DAG is parsed:
 and, as for `make train`, MLFLOW_TRACKING_URI and TUSHARE_TOKEN where the tasks run, and
 PIPELINE_DATA_CACHE: the folder the fetch task fills and every later task reads (offline, so all
 variants train on one snapshot); workers that run this DAG's tasks must share it. A run's
-params (data, variants, tracking_uri, overrides) start from those defaults and can be changed per
-run: airflow dags trigger lstm_retrain -c '{"variants": ["lstm", "gru"]}'.
+params (data, variants, overrides) start from those defaults and can be changed per run:
+airflow dags trigger lstm_retrain -c '{"variants": ["lstm", "gru"]}'. A trigger is untrusted:
+its params pass pipeline.retraining.triggers (hyperparameters and shipped data configs only; no
+interpolation, no paths, URIs or directories, which come from the workers' environment).
 
 The weekday cron also fires on exchange holidays: such a run retrains on unchanged data, and its
 versions still have to beat the champion on the same windows to be promoted.
@@ -42,6 +44,7 @@ TIMEZONE = os.environ.get("PIPELINE_RETRAIN_TIMEZONE", "Asia/Shanghai")
 DATA = os.environ.get("PIPELINE_RETRAIN_DATA", "stock")
 VARIANTS = [v.strip() for v in os.environ.get("PIPELINE_RETRAIN_VARIANTS", "lstm,gru,peephole").split(",")
             if v.strip()]
+# The deployment's own overrides (trusted: set by whoever runs the workers), before the trigger's.
 OVERRIDES = shlex.split(os.environ.get("PIPELINE_RETRAIN_OVERRIDES", ""))
 
 
@@ -51,11 +54,13 @@ def stage() -> Iterator[list[str]]:
     from; a config error fails the task at once, since retrying cannot fix a bad config."""
     from pipeline.cli import quiet_mlflow
     from pipeline.errors import ConfigError
-    from pipeline.retrain import overrides_from_params
+    from pipeline.retraining.triggers import overrides_from_params
 
     quiet_mlflow()
+    params = get_current_context()["params"]
     try:
-        yield overrides_from_params(**get_current_context()["params"])
+        trigger = overrides_from_params(params["data"], params["variants"], params["overrides"])
+        yield [*OVERRIDES, *trigger]
     except ConfigError as exc:
         raise AirflowFailException(str(exc)) from None
 
@@ -73,10 +78,8 @@ def stage() -> Iterator[list[str]]:
         "data": Param(DATA, type="string", minLength=1, description="data config (conf/data/<name>.yaml)"),
         "variants": Param(VARIANTS, type="array", items={"type": "string", "minLength": 1}, minItems=1,
                           description="model variants to train, one task each"),
-        "tracking_uri": Param("", type="string",
-                              description="MLflow tracking URI; empty: MLFLOW_TRACKING_URI of the workers"),
-        "overrides": Param(OVERRIDES, type="array", items={"type": "string"},
-                           description="extra Hydra overrides, e.g. trainer.max_epochs=50"),
+        "overrides": Param([], type="array", items={"type": "string"},
+                           description="extra Hydra overrides of hyperparameters, e.g. trainer.max_epochs=50"),
     },
     tags=["lstm-pipeline", "retrain"],
 )
@@ -86,45 +89,49 @@ def lstm_retrain():
     @task(retries=4, retry_delay=timedelta(minutes=5), retry_exponential_backoff=True,
           execution_timeout=timedelta(minutes=10), multiple_outputs=False)
     def fetch() -> dict:
-        from pipeline import retrain
+        from pipeline.retraining import stages
 
         with stage() as overrides:
-            retrain.check_tracking(overrides)
-            return retrain.fetch_data(overrides).as_dict()
+            stages.check_store(overrides)
+            return stages.fetch_snapshot(overrides).as_dict()
 
     @task(execution_timeout=timedelta(minutes=10))
     def validate(fetched: dict) -> list[str]:
-        from pipeline import retrain
+        from pipeline.retraining import stages
+        from pipeline.retraining.records import FetchReport
 
         with stage() as overrides:
-            return retrain.validate(overrides, retrain.FetchReport.from_dict(fetched)).variants
+            return stages.check_candidates(overrides, FetchReport.from_dict(fetched)).variants
 
     # A failed training is a bug or bad data, not a hiccup: no retries.
     @task(retries=0, execution_timeout=timedelta(hours=2), multiple_outputs=False)
     def train(variant: str) -> dict:
-        from pipeline import retrain
+        from pipeline.retraining import stages
 
         with stage() as overrides:
-            return retrain.train_variant(overrides, variant).as_dict()
+            return stages.train_candidate(overrides, variant).as_dict()
 
     @task(execution_timeout=timedelta(minutes=20))
     def evaluate(candidates: list[dict]) -> list[dict]:
-        from pipeline import retrain
+        from pipeline.retraining import stages
+        from pipeline.retraining.records import Candidate
 
-        given = [retrain.Candidate.from_dict(c) for c in candidates]
+        given = [Candidate.from_dict(c) for c in candidates]
         with stage() as overrides:
-            return [c.as_dict() for c in retrain.evaluate(overrides, given)]
+            return [c.as_dict() for c in stages.score_candidates(overrides, given)]
 
     @task(execution_timeout=timedelta(minutes=20), multiple_outputs=False)
     def promote(fetched: dict, ranked: list[dict]) -> dict:
-        from pipeline import retrain
+        from pipeline.retraining import stages
+        from pipeline.retraining.records import Candidate, FetchReport
+        from pipeline.retraining.table import summary_table
 
-        candidates = [retrain.Candidate.from_dict(c) for c in ranked]
+        candidates = [Candidate.from_dict(c) for c in ranked]
         with stage() as overrides:
-            decision = retrain.promote_best(overrides, candidates)
-            summary = retrain.finish(overrides, retrain.FetchReport.from_dict(fetched), candidates,
-                                     decision)
-        print(retrain.summary_table(summary), flush=True)
+            decision = stages.offer_best(overrides, candidates)
+            summary = stages.write_summary(overrides, FetchReport.from_dict(fetched), candidates,
+                                           decision)
+        print(summary_table(summary), flush=True)
         return {"summary_file": summary.summary_file, "best": summary.best,
                 "promoted": summary.promoted, "champion": summary.champion}
 

@@ -15,6 +15,11 @@ class DataError(PipelineError):
     """Input data is unusable (names the source, file or column)."""
 
 
+class DataUnavailable(DataError):
+    """The data cannot be had on this machine (no network or token, and no cache): a study may
+    skip it; anything else wrong with data is a failure."""
+
+
 class TrackingError(PipelineError):
     """The MLflow tracking store or registry cannot be used."""
 

@@ -11,12 +11,17 @@ from torchmetrics.functional import (
     mean_absolute_percentage_error,
     mean_squared_error,
 )
+from torchmetrics.functional.classification import binary_accuracy
 
-from pipeline.data.datamodule import PreparedData
+from pipeline.config import TASK_METRICS
+from pipeline.data.prepare import PreparedData
 from pipeline.data.windowing import SPLITS
+from pipeline.errors import ConfigError
+from pipeline.models.metrics import LOGGED_PER_EPOCH, binary_log_loss, exact_match
 from pipeline.models.network import Forecaster
 
-METRICS = ("mse", "mae", "rmse")
+# The metrics score() gives each task, and which way is better: one table, the config's.
+METRICS = TASK_METRICS
 
 
 def predict_windows(net: Forecaster, x_scaled: np.ndarray, batch_size: int = 1024) -> np.ndarray:
@@ -102,19 +107,54 @@ def baseline_predictions(preds: pd.DataFrame, frame: pd.DataFrame, mode: str,
     return baselines
 
 
-def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """mse, mae, rmse, and mape where it means something (strictly positive targets, e.g. prices)."""
-    t, p = torch.as_tensor(y_true, dtype=torch.float64), torch.as_tensor(y_pred, dtype=torch.float64)
+def _regression_scores(t: torch.Tensor, p: torch.Tensor) -> dict[str, float]:
+    t, p = t.reshape(-1), p.reshape(-1)
     mse = float(mean_squared_error(p, t))
     scores = {"mse": mse, "mae": float(mean_absolute_error(p, t)), "rmse": float(np.sqrt(mse))}
-    if len(t) and bool((t > 0).all()):
+    if len(t) and bool((t > 0).all()):  # mape means something for prices, not for sin(t)
         scores["mape"] = float(mean_absolute_percentage_error(p, t))
     return scores
 
 
+def _classification_scores(t: torch.Tensor, p: torch.Tensor) -> dict[str, float]:
+    if t.numel() == 0:
+        return dict.fromkeys(METRICS["classification"], float("nan"))
+    t, p = t.reshape(len(t), -1).int(), p.reshape(len(p), -1)  # (samples, labels)
+    return {"accuracy": float(binary_accuracy(p, t)), "log_loss": float(binary_log_loss(p, t)),
+            "exact_match": float(exact_match(p, t))}
+
+
+_SCORERS = {"regression": _regression_scores, "classification": _classification_scores}
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, task: str = "regression") -> dict[str, float]:
+    """The task's metrics of predictions against truth, arrays of one shape.
+
+    regression: mse, mae, rmse over every value, and mape where it means something (strictly
+    positive targets, e.g. prices); any shape.
+    classification: y_pred probabilities, y_true 0/1; accuracy and log_loss per label,
+    exact_match per sample (every label right). The first axis is the sample, e.g.
+    (samples, steps, targets); a 1-D array holds one label per sample.
+    """
+    if task not in _SCORERS:
+        raise ConfigError(f"data.task={task!r}: unknown task; choose one of {', '.join(_SCORERS)}")
+    t, p = torch.as_tensor(y_true, dtype=torch.float64), torch.as_tensor(y_pred, dtype=torch.float64)
+    return _SCORERS[task](t, p)
+
+
 def metrics_with_baselines(preds: pd.DataFrame, frame: pd.DataFrame, mode: str,
-                                season: int | None = None, scored_from: int = 0) -> dict[str, float]:
-    """Model and baseline scores on exactly the same test targets; MASE = MAE / baseline MAE."""
+                           season: int | None = None, scored_from: int = 0,
+                           task: str = "regression") -> dict[str, float]:
+    """The final test metrics ForecastModule does not log (those are LOGGED_PER_EPOCH[task]).
+
+    Regression: test/mape (strictly positive targets), then per baseline (persistence, and
+    seasonal_naive when `season` is set; forecast mode only) test/<baseline>_<mse|mae|rmse|mape>
+    and MASE = model MAE / baseline MAE as test/mase (persistence) and test/mase_seasonal_naive.
+    Every method is scored on exactly the same test targets. Classification: nothing (no label
+    baselines yet; the module logs accuracy, log_loss and exact_match).
+    """
+    if task == "classification":
+        return {}
     test = preds[(preds["split"] == "test") & (preds["step"] >= scored_from)]
     baselines = baseline_predictions(test, frame, mode, season)
     # Score every method on the targets every baseline can forecast, so the comparison is fair.
@@ -122,10 +162,11 @@ def metrics_with_baselines(preds: pd.DataFrame, frame: pd.DataFrame, mode: str,
     for values in baselines.values():
         usable &= ~np.isnan(values)
     y_true = test["y_true"].to_numpy()[usable]
-    metrics = {f"test/{k}": v for k, v in score(y_true, test["y_pred"].to_numpy()[usable]).items()}
+    model = score(y_true, test["y_pred"].to_numpy()[usable], task)
+    metrics = {f"test/{k}": v for k, v in model.items() if k not in LOGGED_PER_EPOCH[task]}
     for name, values in baselines.items():
         base = score(y_true, values[usable])
         metrics.update({f"test/{name}_{k}": v for k, v in base.items()})
         ratio_name = "test/mase" if name == "persistence" else f"test/mase_{name}"
-        metrics[ratio_name] = metrics["test/mae"] / base["mae"] if base["mae"] > 0 else float("inf")
+        metrics[ratio_name] = model["mae"] / base["mae"] if base["mae"] > 0 else float("inf")
     return metrics

@@ -1,4 +1,4 @@
-"""Hydra entry point: python -m pipeline.fetch [overrides] (make fetch ARGS="data=stock").
+"""`make fetch`: python -m pipeline.fetch [overrides] (make fetch ARGS="data=stock").
 
 Runs the fetch stage alone (source or cache -> validate -> cache) with the same config as
 training, and prints one line: source, rows, date range, digest, cache file, fresh or cached.
@@ -6,13 +6,11 @@ training, and prints one line: source, rows, date range, digest, cache file, fre
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Sequence
 
-import hydra
-from omegaconf import DictConfig
-
-from pipeline.cli import CONF_DIR, check_group_choices, exit_on_pipeline_error
-from pipeline.data.fetch import FetchResult, fetch
+from pipeline.cli import run_command
+from pipeline.config import TrainConfig
+from pipeline.data.loading import FetchResult, load_data
 
 
 def summary_line(name: str, result: FetchResult) -> str:
@@ -30,17 +28,16 @@ def summary_line(name: str, result: FetchResult) -> str:
 
 
 def _label(value: object) -> str:
-    stamp = getattr(value, "strftime", None)
-    return value.strftime("%Y-%m-%d") if stamp else str(value)
+    return value.strftime("%Y-%m-%d") if hasattr(value, "strftime") else str(value)
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    with exit_on_pipeline_error():
-        result = fetch(cfg.data)
-    print(summary_line(cfg.data.name, result), flush=True)
+def fetch_and_report(cfg: TrainConfig) -> None:
+    print(summary_line(cfg.data.name, load_data(cfg.data)), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_command("train", fetch_and_report, argv)
 
 
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:], CONF_DIR)
     main()

@@ -1,41 +1,34 @@
-"""Promotion stage on its own: python -m pipeline.promote [data=...] [promotion.version=N].
+"""`make promote`: python -m pipeline.promote [data=...] [promotion.version=N].
 
-Moves @champion to the chosen version (default: the latest) only if it beats the current
-champion on the same test windows, and records the decision as tags on the version.
+Offers a registered version (default: the latest) to @champion: it moves only if the version
+beats the current champion on the same test windows; the decision is recorded as version tags.
 """
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Sequence
 
-import hydra
-from omegaconf import DictConfig
-
-from pipeline.cli import CONF_DIR, check_group_choices, exit_on_pipeline_error, quiet_mlflow
+from pipeline.cli import run_command
+from pipeline.config import TrainConfig, tracking_store
 
 
-def promote_from_config(cfg: DictConfig):
-    from mlflow.tracking import MlflowClient
+def promote_and_report(cfg: TrainConfig) -> None:
+    # Lazy: MLflow and torch load after the command line passed (a bad value fails in ~1 s).
+    from pipeline.tracking.champion import latest_version, promote_if_better
 
-    from pipeline.tracking.registry import latest_version, promote
-    from pipeline.tracking.run import check_reachable
-
-    check_reachable(cfg.tracking.uri)
-    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    store = tracking_store(cfg.tracking)
+    store.check()
     name = cfg.tracking.registered_model
-    version = cfg.promotion.version or latest_version(client, name)
-    return promote(client, name, version, cfg.promotion.metric, cfg.promotion.direction)
-
-
-@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    quiet_mlflow()
-    with exit_on_pipeline_error():
-        decision = promote_from_config(cfg)
+    version = cfg.promotion.version or latest_version(store.client, name)
+    decision = promote_if_better(store, name, str(version), cfg.promotion.metric,
+                                 cfg.promotion.direction, task=cfg.data.task)
     verdict = "promoted to @champion" if decision.promoted else "not promoted"
     print(f"{decision.model_name} v{decision.version}: {verdict} ({decision.reason})", flush=True)
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    run_command("train", promote_and_report, argv)
+
+
 if __name__ == "__main__":
-    check_group_choices(sys.argv[1:], CONF_DIR)
     main()

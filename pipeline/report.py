@@ -1,26 +1,33 @@
 """`make report`: reports/studies.md built from the MLflow runs themselves (nothing recomputed).
 
+    python -m pipeline.report [report.mode=full|quick] [report.output=PATH] [tracking.uri=...]
+
 One table per study (tag `study`): the latest finished run of each variant, its test metrics,
-the naive baselines beside them, wall time and parameter count; plots copied next to the report
-and linked; the report logged as an artifact of a summary run.
+the naive baselines beside them, wall time, parameter count and the study's declared bars
+(runner.expect) as pass/fail; plots copied next to the report and linked; the report logged as
+an artifact of a summary run. Full mode writes the committed reports/; quick mode reads the
+quick store of `make experiments MODE=quick` and writes .reports/quick/ (ignored by git), titled
+as quick, so two-epoch numbers never replace the committed ones.
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import CONF_DIR, fail, group_options, quiet_mlflow
+from pipeline.cli import CONF_DIR, group_options, load_config, run_command
+from pipeline.config import RunnerConfig, TrainConfig, tracking_store
+from pipeline.errors import TrackingError
+from pipeline.experiments import QUICK_STORE
+from pipeline.tracking.store import Store, open_store
 
-MODEL_METRICS = ("mse", "mae", "rmse", "mape", "accuracy", "exact_match")
+MODEL_METRICS = ("mse", "mae", "rmse", "mape", "accuracy", "log_loss", "exact_match")
 BASELINE_METRICS = ("persistence_mae", "mase", "seasonal_naive_mae", "mase_seasonal_naive")
 SUMMARY_EXPERIMENT = "studies-report"
 
@@ -42,12 +49,28 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.4g}"
 
 
-def study_table(runs: dict[str, Run]) -> pd.DataFrame:
+def study_runner(study: str) -> RunnerConfig | None:
+    """The study's declared runs and bars, or None for a study no longer in conf/experiment/."""
+    if study not in configured_studies():
+        return None
+    return load_config("train", [f"experiment={study}"]).runner
+
+
+def bar_verdict(runner: RunnerConfig | None, variant: str, metrics: dict[str, float]) -> str:
+    bars = [e for e in (runner.expect if runner else []) if e.applies_to(variant)]
+    if not bars:
+        return ""
+    missed = [e.describe() for e in bars if not e.met_by(metrics.get(e.metric))]
+    return f"fail ({'; '.join(missed)})" if missed else "pass"
+
+
+def study_table(runs: dict[str, Run], runner: RunnerConfig | None = None) -> pd.DataFrame:
     rows = []
     for variant, run in sorted(runs.items()):
         metrics = run.data.metrics
         row = {"variant": variant}
         row.update({m: _fmt(metrics.get(f"test/{m}")) for m in MODEL_METRICS + BASELINE_METRICS})
+        row["bar"] = bar_verdict(runner, variant, metrics)
         row["beats persistence"] = run.data.tags.get("beats_persistence", "")
         row["wall s"] = f"{(run.info.end_time - run.info.start_time) / 1000:.1f}"
         row["params"] = run.data.tags.get("n_params", "")
@@ -81,8 +104,9 @@ def copy_plots(client: MlflowClient, study: str, runs: dict[str, Run], out: Path
     return links
 
 
-def toy_predictions(client: MlflowClient, runs: dict[str, Run]) -> str:
-    """The toy study reports predictions beside the true sums, per variant."""
+def predictions_list(client: MlflowClient, runs: dict[str, Run]) -> str:
+    """Each variant's last-step predictions beside the truth (runner.report_predictions: for
+    studies small enough to read them, such as the toy sums)."""
     parts = []
     for variant, run in sorted(runs.items()):
         with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +117,7 @@ def toy_predictions(client: MlflowClient, runs: dict[str, Run]) -> str:
             preds = pd.read_csv(local)
         preds = preds[preds["step"] == preds["step"].max()].drop_duplicates("row")
         pairs = ", ".join(f"{t:g} → {p:.2f}" for t, p in zip(preds["y_true"], preds["y_pred"], strict=True))
-        parts.append(f"- {variant}: true sum → prediction: {pairs}")
+        parts.append(f"- {variant}: truth → prediction: {pairs}")
     return "\n".join(parts)
 
 
@@ -101,17 +125,20 @@ def configured_studies() -> list[str]:
     return group_options(CONF_DIR, "experiment")
 
 
-def build_report(client: MlflowClient, out: Path) -> Path:
+def build_report(client: MlflowClient, out: Path, mode: str = "full") -> Path:
     studies = latest_runs_by_study(client)
     if not studies:
-        fail("no finished runs with a `study` tag in this store; run `make experiments` first")
-    lines = ["# Studies", "",
+        raise TrackingError("no finished runs with a `study` tag in this store; run `make experiments` first")
+    title = "# Studies" if mode == "full" else "# Studies (quick mode: a few epochs each, not results)"
+    lines = [title, "",
              "Built by `make report` from the MLflow runs (latest finished run per study and variant).",
-             "Metrics are on the raw scale of the test split; `mase` < 1 beats persistence.", ""]
+             "Metrics are on the raw scale of the test split; `mase` < 1 beats persistence; `bar` is "
+             "the study's declared expectation (runner.expect in conf/experiment/).", ""]
     for study, runs in sorted(studies.items()):
-        lines += [f"## {study}", "", markdown(study_table(runs)), ""]
-        if study.startswith("toy"):
-            lines += [toy_predictions(client, runs), ""]
+        runner = study_runner(study)
+        lines += [f"## {study}", "", markdown(study_table(runs, runner)), ""]
+        if runner is not None and runner.report_predictions:
+            lines += [predictions_list(client, runs), ""]
         links = copy_plots(client, study, runs, out)
         if links:
             lines += ["Plots: " + " · ".join(links), ""]
@@ -126,29 +153,35 @@ def build_report(client: MlflowClient, out: Path) -> Path:
     return report
 
 
-def log_report(client: MlflowClient, report: Path) -> str:
-    experiment = client.get_experiment_by_name(SUMMARY_EXPERIMENT)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(SUMMARY_EXPERIMENT)
-    run = client.create_run(experiment_id, run_name="studies-report")
+def log_report(store: Store, report: Path) -> str:
+    client = store.client
+    run = client.create_run(store.experiment(SUMMARY_EXPERIMENT), run_name="studies-report")
     client.log_artifacts(run.info.run_id, str(report.parent), "report")
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
-    parser.add_argument("--out", default="reports")
-    args = parser.parse_args(argv)
-    quiet_mlflow()
-    uri = args.tracking_uri or mlflow.get_tracking_uri()
-    if uri.startswith("file:") or uri == "":
-        uri = "sqlite:///mlflow.db"
-    client = MlflowClient(tracking_uri=uri)
-    report = build_report(client, Path(args.out))
-    run_id = log_report(client, report)
-    print(f"report: {report} (logged to run {run_id} in experiment '{SUMMARY_EXPERIMENT}')")
+def report_output(cfg: TrainConfig) -> Path:
+    if cfg.report.output:
+        return Path(cfg.report.output)
+    return Path("reports") if cfg.report.mode == "full" else Path(QUICK_STORE)
+
+
+def report_and_log(cfg: TrainConfig, overrides: list[str]) -> None:
+    if cfg.report.mode == "quick" and not any(o.startswith("tracking.uri=") for o in overrides):
+        store = open_store(f"sqlite:///{QUICK_STORE}/mlflow.db", f"{QUICK_STORE}/mlartifacts")
+    else:
+        store = tracking_store(cfg.tracking)
+    store.check()
+    out = report_output(cfg)
+    report = build_report(store.client, out, cfg.report.mode)
+    run_id = log_report(store, report)
+    print(f"report: {report} (logged to run {run_id} in experiment '{SUMMARY_EXPERIMENT}')", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_command("report", report_and_log, argv, with_overrides=True)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

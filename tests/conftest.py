@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import compose
+from pipeline.cli import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,6 +24,15 @@ TINY = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Locks and kept checkpoints go to a per-test state directory, never the user's own, and
+    beside the test's folder rather than in it (tests assert what a run leaves in its cwd)."""
+    state = tmp_path.parent / f"{tmp_path.name}-state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(state))
+    return state
+
+
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh sqlite tracking store; the test runs inside tmp_path so ./mlartifacts lands there."""
@@ -34,7 +43,8 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def compose_config(*overrides: str):
-    return compose("train", overrides)
+    """The typed, checked config the CLI would run with these overrides."""
+    return load_config("train", overrides)
 
 
 def run_cli(args: list[str], cwd: Path, env_extra: dict[str, str] | None = None,

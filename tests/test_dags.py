@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -19,12 +20,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking.registry import (
+from pipeline.tracking.champion import (
     CHAMPION,
     load_registered_network,
     load_test_windows,
     score_on_windows,
 )
+from pipeline.tracking.store import open_store
 from tests.conftest import REPO, TINY
 
 
@@ -105,8 +107,8 @@ def test_the_dags_folder_parses_quickly_without_heavy_imports(tmp_path) -> None:
     assert parsed["fetch"]["retries"] >= 1 and 0 < parsed["fetch"]["timeout_s"] <= 3600
     assert (parsed["cron"], parsed["timezone"]) == ("30 16 * * 1-5", "Asia/Shanghai")
     assert parsed["catchup"] is False and parsed["max_active_runs"] == 1
-    assert parsed["params"] == {"data": "stock", "variants": ["lstm", "gru", "peephole"],
-                                "tracking_uri": "", "overrides": []}
+    # No path, URI or directory is a param: those come from the workers' environment.
+    assert parsed["params"] == {"data": "stock", "variants": ["lstm", "gru", "peephole"], "overrides": []}
 
 
 def test_schedule_and_defaults_come_from_the_environment(tmp_path) -> None:
@@ -116,8 +118,8 @@ def test_schedule_and_defaults_come_from_the_environment(tmp_path) -> None:
                         PIPELINE_RETRAIN_OVERRIDES="trainer.max_epochs=5 'tracking.experiment=a b'")
     assert parsed["errors"] == {}
     assert (parsed["cron"], parsed["timezone"]) == ("0 17 * * 1-5", "UTC")
-    assert parsed["params"] == {"data": "sine", "variants": ["lstm", "gru"], "tracking_uri": "",
-                                "overrides": ["trainer.max_epochs=5", "tracking.experiment=a b"]}
+    # The deployment's overrides are not the trigger's: they stay out of the params.
+    assert parsed["params"] == {"data": "sine", "variants": ["lstm", "gru"], "overrides": []}
 
 
 def _airflow(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -130,10 +132,13 @@ def _airflow(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600
 @pytest.mark.slow
 def test_airflow_dags_test_retrains_registers_and_promotes(tmp_path) -> None:
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = airflow_env(tmp_path, MLFLOW_TRACKING_URI=store)
-    conf = {"data": "sine", "variants": ["lstm", "gru"], "tracking_uri": store,
-            "overrides": [*TINY, f"tracking.artifact_root={tmp_path / 'mlartifacts'}",
-                          f"retrain.output_dir={tmp_path / 'out'}"]}
+    # The deployment sets paths and the small data through the environment; the trigger only
+    # chooses data, variants and hyperparameters.
+    deployment = [o for o in TINY if o != "trainer.max_epochs=3"]
+    deployment += [f"tracking.artifact_root={tmp_path / 'mlartifacts'}", f"retrain.output_dir={tmp_path / 'out'}"]
+    env = airflow_env(tmp_path, MLFLOW_TRACKING_URI=store,
+                      PIPELINE_RETRAIN_OVERRIDES=" ".join(shlex.quote(o) for o in deployment))
+    conf = {"data": "sine", "variants": ["lstm", "gru"], "overrides": ["trainer.max_epochs=3"]}
     _airflow(["db", "migrate"], env, tmp_path)
     _airflow(["dags", "test", DAG_ID, "--conf", json.dumps(conf)], env, tmp_path)
 
@@ -149,11 +154,9 @@ def test_airflow_dags_test_retrains_registers_and_promotes(tmp_path) -> None:
     versions = sorted(str(v.version) for v in client.search_model_versions("name='sine-forecaster'"))
     assert versions == ["1", "2"]
 
-    import mlflow
-
-    mlflow.set_tracking_uri(store)  # load_registered_network reads the global registry URI
-    windows = load_test_windows(client, trained[0].info.run_id)
-    scores = {v: score_on_windows(load_registered_network("sine-forecaster", v), windows, "mse")
+    tracking = open_store(store)
+    windows = load_test_windows(tracking, trained[0].info.run_id)
+    scores = {v: score_on_windows(load_registered_network(tracking, "sine-forecaster", v), windows, "mse")
               for v in versions}
     champion = str(client.get_model_version_by_alias("sine-forecaster", CHAMPION).version)
     assert champion == min(scores, key=scores.get)

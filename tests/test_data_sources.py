@@ -7,16 +7,27 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data.datamodule import SeriesDataModule, build_datamodule, prepare_from_config
-from pipeline.data.fetch import dataset_for_mlflow, fetch
+from pipeline.cli import load_config
+from pipeline.data.datamodule import SeriesDataModule, build_datamodule, prepare_data
+from pipeline.data.loading import load_data
 from pipeline.data.windowing import date_split_bounds
 from pipeline.errors import ConfigError
-from tests.conftest import compose_config, run_cli
+from pipeline.tracking.datasets import dataset_for_mlflow
+from tests.conftest import run_cli
 
 
 def data_config(name: str, tmp_path=None, *overrides: str):
     cache = [f"data.cache_dir={tmp_path / 'cache'}"] if tmp_path is not None else []
-    return compose_config(f"data={name}", *cache, *overrides).data
+    return load_config("train", [f"data={name}", *cache, *overrides]).data
+
+
+def config_error(*overrides: str) -> str:
+    """The one-line ConfigError load_config gives for these overrides."""
+    with pytest.raises(ConfigError) as info:
+        load_config("train", list(overrides))
+    message = str(info.value)
+    assert "\n" not in message
+    return message
 
 
 def raw_targets(prepared, split: str) -> np.ndarray:
@@ -24,7 +35,7 @@ def raw_targets(prepared, split: str) -> np.ndarray:
 
 
 def test_toy_samples_and_splits() -> None:
-    prepared = prepare_from_config(data_config("toy"))
+    prepared = prepare_data(data_config("toy"))
     train, val, test = (prepared.windows[s] for s in ("train", "val", "test"))
     assert train.x.shape == (4, 3, 1) and train.y.shape == (4, 1, 1)
     assert test.x.shape == (2, 3, 1) and test.y.shape == (2, 1, 1)
@@ -53,7 +64,7 @@ def decode(bits: np.ndarray) -> np.ndarray:
 
 
 def test_binary_addition_samples() -> None:
-    prepared = prepare_from_config(data_config("binary_add"))
+    prepared = prepare_data(data_config("binary_add"))
     train, val, test = (prepared.windows[s] for s in ("train", "val", "test"))
     assert train.x.shape == (2000, 8, 2) and train.y.shape == (2000, 8, 1)
     assert val.x.shape == (200, 8, 2) and test.y.shape == (200, 8, 1)
@@ -70,24 +81,24 @@ def test_binary_addition_samples() -> None:
 
 
 def test_binary_addition_is_reproducible_from_its_seed() -> None:
-    first, again = (fetch(data_config("binary_add")) for _ in range(2))
+    first, again = (load_data(data_config("binary_add")) for _ in range(2))
     assert first.digest == again.digest
-    other = fetch(data_config("binary_add", None, "data.params.seed=1"))
+    other = load_data(data_config("binary_add", None, "data.params.seed=1"))
     assert other.digest != first.digest
 
 
 def test_samples_splits_name_labels_not_fractions() -> None:
-    with pytest.raises(ConfigError, match=r"data.split.val=0.5: with layout=samples each split names"):
-        prepare_from_config(data_config("toy", None, "data.split.val=0.5"))
+    message = config_error("data=toy", "data.split.val=0.5")
+    assert message.startswith("data.split.val=0.5: with layout=samples each split names")
 
 
 def test_samples_lookback_must_match_their_steps() -> None:
     with pytest.raises(ConfigError, match=r"data.lookback=5: must equal the 3 steps"):
-        prepare_from_config(data_config("toy", None, "data.lookback=5"))
+        prepare_data(data_config("toy", None, "data.lookback=5"))
 
 
 def test_sst_from_statsmodels_is_monthly_1950_to_2010(tmp_path) -> None:
-    result = fetch(data_config("sst", tmp_path))
+    result = load_data(data_config("sst", tmp_path))
     frame = result.frame
     assert len(frame) == 732 and list(frame.columns) == ["sst"]
     assert isinstance(frame.index, pd.DatetimeIndex) and frame.index.is_monotonic_increasing
@@ -96,11 +107,11 @@ def test_sst_from_statsmodels_is_monthly_1950_to_2010(tmp_path) -> None:
     # the wide YEAR x month table, read row by row: January and February 1950
     assert frame["sst"].iloc[:2].tolist() == [23.11, 24.2]
     assert result.cache_path.is_file() and not result.from_cache
-    assert fetch(data_config("sst", tmp_path)).from_cache
+    assert load_data(data_config("sst", tmp_path)).from_cache
 
 
 def test_sst_is_split_by_date(tmp_path) -> None:
-    prepared = prepare_from_config(data_config("sst", tmp_path))
+    prepared = prepare_data(data_config("sst", tmp_path))
     assert prepared.bounds == {"train": (0, 516), "val": (516, 624), "test": (624, 732)}
     last_train_target = prepared.frame.index[prepared.windows["train"].rows.max()]
     first_test_input = prepared.frame.index[prepared.bounds["test"][0]]
@@ -116,15 +127,17 @@ def test_date_split_errors() -> None:
     with pytest.raises(ConfigError, match=r"data.split.train_end='2020-01-05': splitting by date "
                                           r"needs a dated series"):
         date_split_bounds(pd.RangeIndex(10), "2020-01-05", "2020-01-07")
-    with pytest.raises(ConfigError, match=r"data.split.val_end='soon': must be a date"):
-        date_split_bounds(dates, "2020-01-05", "soon")
-    with pytest.raises(ConfigError, match=r"data.split.val_end='2020-01-02': must be after"):
-        date_split_bounds(dates, "2020-01-05", "2020-01-02")
+    # What the config alone can tell is refused by load_config, before any data is read.
+    message = config_error("data=sst", "data.split.train_end=2020-01-05", "data.split.val_end=soon")
+    assert message.startswith("data.split.val_end='soon': must be a date")
+    message = config_error("data=sst", "data.split.train_end=2020-01-05",
+                           "data.split.val_end=2020-01-02")
+    assert message.startswith("data.split.val_end='2020-01-02': must be after")
 
 
 def test_synthetic_sst_has_one_column_per_region_and_several_targets_work() -> None:
     cfg = data_config("sst_synthetic", None, "data.targets=[nino3,nino34]")
-    prepared = prepare_from_config(cfg)
+    prepared = prepare_data(cfg)
     assert list(prepared.frame.columns) == ["nino12", "nino3", "nino34", "nino4"]
     assert len(prepared.frame) == 1200 and prepared.frame.index.freqstr in (None, "MS")
     assert prepared.windows["train"].x.shape[1:] == (24, 4)
@@ -134,12 +147,12 @@ def test_synthetic_sst_has_one_column_per_region_and_several_targets_work() -> N
 
 
 def test_dataset_for_mlflow_carries_the_digest(tmp_path) -> None:
-    fetched = fetch(data_config("sst", tmp_path))
+    fetched = load_data(data_config("sst", tmp_path))
     dataset = dataset_for_mlflow(fetched)
     assert dataset.digest == fetched.digest and dataset.name == f"sst-{fetched.digest}"
     assert len(dataset.df) == 732
     assert str(fetched.cache_path.resolve()) in dataset.source.to_json()
-    prepared = prepare_from_config(data_config("sst", tmp_path))
+    prepared = prepare_data(data_config("sst", tmp_path))
     assert dataset_for_mlflow(prepared).digest == fetched.digest
 
 

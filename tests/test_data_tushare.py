@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 import requests
 
-from pipeline.data.fetch import fetch
+from pipeline.cli import load_config
+from pipeline.data.loading import load_data
 from pipeline.data.sources import tushare_prices
-from pipeline.errors import ConfigError, DataError
-from tests.conftest import compose_config
+from pipeline.errors import ConfigError, DataError, DataUnavailable
 
 TOKEN = "fake-token-5f3a9c1e77d2"
 COLUMNS = ["ts_code", "trade_date", "open", "high", "low", "close", "pre_close", "change",
@@ -82,8 +82,21 @@ def no_network(monkeypatch) -> list:
 
 
 def stock_config(tmp_path, *overrides: str):
-    return compose_config("data=stock", f"data.cache_dir={tmp_path / 'cache'}",
-                          "data.params.end=2019-03-29", *overrides).data
+    return load_config("train", ["data=stock", f"data.cache_dir={tmp_path / 'cache'}",
+                                 "data.params.end=2019-03-29", *overrides]).data
+
+
+def config_error(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config("train", ["data=stock", *overrides])
+    return one_line(info)
+
+
+def params(**given) -> dict:
+    """Stock params as load_config hands them to the source: the schema's defaults filled in."""
+    from pipeline.config import source_params
+
+    return source_params("stock", given)
 
 
 def one_line(exc_info) -> str:
@@ -93,7 +106,7 @@ def one_line(exc_info) -> str:
 
 
 def test_pro_index_bars_are_renamed_parsed_and_sorted(tmp_path, pro_api) -> None:
-    result = fetch(stock_config(tmp_path, "data.inputs=[open,high,low,close,volume]"))
+    result = load_data(stock_config(tmp_path, "data.inputs=[open,high,low,close,volume]"))
     assert pro_api.calls == [("index_daily", {"ts_code": "000001.SH", "start_date": "20190101",
                                               "end_date": "20190329"})]
     frame = result.frame
@@ -107,23 +120,32 @@ def test_pro_index_bars_are_renamed_parsed_and_sorted(tmp_path, pro_api) -> None
 
 
 def test_a_stock_code_goes_to_daily_with_its_exchange(tmp_path, pro_api) -> None:
-    fetch(stock_config(tmp_path, "data.params.code=600519", "data.params.index=false"))
+    load_data(stock_config(tmp_path, "data.params.code='600519'", "data.params.index=false"))
     assert pro_api.calls[0][0] == "daily" and pro_api.calls[0][1]["ts_code"] == "600519.SH"
 
 
 def test_codes_from_the_command_line_and_exchanges() -> None:
-    assert tushare_prices.bar_request({"code": 1, "index": True}).ts_code == "000001.SH"
+    assert tushare_prices.bar_request(params(code="000001", index=True)).ts_code == "000001.SH"
     assert tushare_prices.exchange_code("000001", index=False) == "000001.SZ"
     assert tushare_prices.exchange_code("399001", index=True) == "399001.SZ"
-    with pytest.raises(ConfigError, match=r"data.params.code='12345': must be a six-digit code"):
-        tushare_prices.bar_request({"code": "12345"})
-    with pytest.raises(ConfigError, match=r"data.params.start=2020-01-01: must not be after"):
-        tushare_prices.bar_request({"code": "000001", "start": "2020-01-01", "end": "2019-01-01"})
+    # From the command line, 000001 stays text (Hydra does not read leading zeros as a number);
+    # a code that did become a number (YAML's 000001 is 1) is refused with the quoting to use.
+    assert load_config("train", ["data=stock", "data.params.code=000001"]).data.params["code"] == "000001"
+    assert config_error("data.params.code=1").startswith(
+        "data.params.code=1: a stock code is six digits as text; quote it, "
+        "e.g. data.params.code=\"'000001'\"")
+    assert config_error("data.params.code='12345'").startswith(
+        "data.params.code='12345': must be a six-digit code")
+    assert config_error("data.params.start=2020-01-01", "data.params.end=2019-01-01").startswith(
+        "data.params.start='2020-01-01': must not be after")
+    # An open end is today when the fetch runs, so the source still checks a future start itself.
+    with pytest.raises(ConfigError, match=r"data.params.start=2999-01-01: must not be after"):
+        tushare_prices.bar_request(params(start="2999-01-01", end=None))
 
 
 def test_long_ranges_are_fetched_page_by_page(tmp_path, pro_api) -> None:
     pro_api.limit = 25  # tushare caps rows per call; a full page means "ask for older rows"
-    result = fetch(stock_config(tmp_path, "data.params.page_rows=25"))
+    result = load_data(stock_config(tmp_path, "data.params.page_rows=25"))
     assert len(pro_api.calls) == 3  # 25 + 25 + 10 rows
     days = pd.bdate_range("2019-01-02", periods=60)
     day_before = [f"{days[first] - pd.Timedelta(days=1):%Y%m%d}" for first in (35, 10)]
@@ -133,8 +155,8 @@ def test_long_ranges_are_fetched_page_by_page(tmp_path, pro_api) -> None:
 
 def test_an_empty_reply_is_an_error(tmp_path, pro_api) -> None:
     pro_api.bars = pro_api.bars.iloc[0:0]
-    with pytest.raises(DataError) as info:
-        fetch(stock_config(tmp_path))
+    with pytest.raises(DataUnavailable) as info:
+        load_data(stock_config(tmp_path))
     message = one_line(info)
     assert message.startswith("stock 000001.SH 2019-01-01..2019-03-29: tushare's index_daily "
                               "returned no rows")
@@ -144,26 +166,27 @@ def test_an_empty_reply_is_an_error(tmp_path, pro_api) -> None:
 def test_an_api_error_is_one_line_without_the_token(tmp_path, pro_api) -> None:
     pro_api.error = Exception(f"token {TOKEN} 不对\n请确认")
     with pytest.raises(DataError) as info:
-        fetch(stock_config(tmp_path))
+        load_data(stock_config(tmp_path))
     message = one_line(info)
     assert TOKEN not in message
     assert message.startswith("stock 000001.SH 2019-01-01..2019-03-29: the tushare pro API refused "
                               "index_daily: token <redacted> 不对 请确认; check that TUSHARE_TOKEN")
+    assert not isinstance(info.value, DataUnavailable)  # a refused token is not a missing network
     assert not (tmp_path / "cache").exists()
 
 
 def test_no_network_falls_back_to_the_cache(tmp_path, pro_api) -> None:
-    good = fetch(stock_config(tmp_path))
+    good = load_data(stock_config(tmp_path))
     pro_api.error = requests.ConnectionError("Max retries exceeded")
-    stale = fetch(stock_config(tmp_path, "data.refresh=true"))
+    stale = load_data(stock_config(tmp_path, "data.refresh=true"))
     assert stale.from_cache and stale.digest == good.digest
     assert "cannot reach the tushare pro API (ConnectionError)" in stale.notice
 
 
 def test_no_network_and_no_cache(tmp_path, pro_api) -> None:
     pro_api.error = requests.ConnectionError("Max retries exceeded")
-    with pytest.raises(DataError) as info:
-        fetch(stock_config(tmp_path))
+    with pytest.raises(DataUnavailable) as info:
+        load_data(stock_config(tmp_path))
     message = one_line(info)
     assert message.startswith("stock 000001.SH 2019-01-01..2019-03-29: cannot reach the tushare "
                               "pro API (ConnectionError); check the network; no cache at ")
@@ -172,7 +195,7 @@ def test_no_network_and_no_cache(tmp_path, pro_api) -> None:
 
 
 def test_the_token_never_reaches_the_manifest_or_the_frame(tmp_path, pro_api) -> None:
-    result = fetch(stock_config(tmp_path))
+    result = load_data(stock_config(tmp_path))
     for path in (tmp_path / "cache").iterdir():
         assert TOKEN.encode() not in path.read_bytes()
     assert TOKEN not in json.dumps(dict(result.manifest), default=str)
@@ -180,7 +203,14 @@ def test_the_token_never_reaches_the_manifest_or_the_frame(tmp_path, pro_api) ->
 
 
 def test_a_token_in_the_config_stays_out_of_the_cache(tmp_path, pro_api) -> None:
-    result = fetch(stock_config(tmp_path, f"+data.params.token={TOKEN}"))
+    # The schema refuses it on the command line, without echoing the value...
+    message = config_error(f"+data.params.token={TOKEN}")
+    assert message.startswith("data.params.token: data=stock has no such parameter")
+    assert TOKEN not in message
+    # ...and a caller that builds the params itself still never gets it into the cache.
+    data = stock_config(tmp_path)
+    data.params["token"] = TOKEN
+    result = load_data(data)
     assert result.manifest["params"]["token"] == "<redacted>"
     for path in (tmp_path / "cache").iterdir():
         assert TOKEN.encode() not in path.read_bytes()
@@ -189,9 +219,10 @@ def test_a_token_in_the_config_stays_out_of_the_cache(tmp_path, pro_api) -> None
 def test_non_positive_prices_are_rejected_and_not_cached(tmp_path, pro_api) -> None:
     pro_api.bars.loc[3, "close"] = 0.0
     with pytest.raises(DataError) as info:
-        fetch(stock_config(tmp_path))
+        load_data(stock_config(tmp_path))
     day = pd.Timestamp(pro_api.bars.loc[3, "trade_date"])
     assert f"column 'close' has a non-positive price 0.0 at {day:%Y-%m-%d}" in one_line(info)
+    assert not isinstance(info.value, DataUnavailable)  # a bad reply fails; it is not "offline"
     assert not (tmp_path / "cache").exists()
 
 
@@ -204,8 +235,8 @@ def test_the_real_client_without_network_is_unreachable(tmp_path, monkeypatch) -
 
     monkeypatch.setenv("TUSHARE_TOKEN", TOKEN)
     monkeypatch.setattr(client.requests, "post", post)
-    with pytest.raises(DataError, match=r"cannot reach the tushare pro API \(ConnectionError\)"):
-        fetch(stock_config(tmp_path))
+    with pytest.raises(DataUnavailable, match=r"cannot reach the tushare pro API \(ConnectionError\)"):
+        load_data(stock_config(tmp_path))
 
 
 def test_the_real_client_on_an_http_error_returns_nothing_which_is_an_error(tmp_path, monkeypatch) -> None:
@@ -215,8 +246,8 @@ def test_the_real_client_on_an_http_error_returns_nothing_which_is_an_error(tmp_
     failed.status_code = 502
     monkeypatch.setenv("TUSHARE_TOKEN", TOKEN)
     monkeypatch.setattr(client.requests, "post", lambda *a, **k: failed)
-    with pytest.raises(DataError, match="tushare's index_daily returned no rows"):
-        fetch(stock_config(tmp_path))
+    with pytest.raises(DataUnavailable, match="tushare's index_daily returned no rows"):
+        load_data(stock_config(tmp_path))
 
 
 def test_legacy_get_k_data_fails_on_pandas_2_before_any_request(no_network) -> None:
@@ -232,8 +263,8 @@ def test_legacy_get_k_data_fails_on_pandas_2_before_any_request(no_network) -> N
 def test_legacy_path_is_one_line_naming_the_cause_and_the_fixes(tmp_path, monkeypatch, no_network,
                                                                 capsys) -> None:
     monkeypatch.delenv("TUSHARE_TOKEN", raising=False)
-    with pytest.raises(DataError) as info:
-        fetch(stock_config(tmp_path))
+    with pytest.raises(DataUnavailable) as info:
+        load_data(stock_config(tmp_path))
     message = one_line(info)
     assert message.startswith("stock 000001.SH: tushare's legacy get_k_data (used when "
                               f"TUSHARE_TOKEN is not set) cannot run with pandas {pd.__version__}: "
@@ -244,6 +275,6 @@ def test_legacy_path_is_one_line_naming_the_cause_and_the_fixes(tmp_path, monkey
 
 def test_pro_without_a_token_is_one_line(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("TUSHARE_TOKEN", raising=False)
-    with pytest.raises(DataError) as info:
-        fetch(stock_config(tmp_path, "data.params.api=pro"))
+    with pytest.raises(DataUnavailable) as info:
+        load_data(stock_config(tmp_path, "data.params.api=pro"))
     assert one_line(info).startswith("stock 000001.SH: data.params.api=pro needs TUSHARE_TOKEN")

@@ -9,19 +9,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.data.datamodule import prepare_from_config
-from pipeline.data.fetch import fetch
+from pipeline.cli import load_config
+from pipeline.data.datamodule import prepare_data
+from pipeline.data.loading import load_data
 from pipeline.data.validation import Rules, validate
 from pipeline.errors import ConfigError, DataError
 
+# data=csv as a user runs it on a small file: 3 steps in, 1 out, a 60/20/20 split.
+SMALL = ["data.lookback=3", "data.horizon=1", "data.split.train=0.6", "data.split.val=0.2",
+         "data.split.test=0.2"]
 
-def csv_config(path: Path, **overrides) -> dict:
-    cfg = {"name": "csv", "source": "csv", "params": {"path": str(path)}, "date_column": "date",
-           "inputs": ["close"], "targets": ["close"], "layout": "series", "fill": "none",
-           "positive": False, "mode": "forecast", "lookback": 3, "horizon": 1,
-           "split": {"train": 0.6, "val": 0.2, "test": 0.2}, "scaler": "standard"}
-    cfg.update(overrides)
-    return cfg
+
+def csv_config(path: Path, *overrides: str):
+    """The typed data config load_config builds for data=csv on this file."""
+    return load_config("train", ["data=csv", f"data.params.path={path}", *SMALL, *overrides]).data
+
+
+def config_error(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config("train", ["data=csv", *SMALL, *overrides])
+    message = str(info.value)
+    assert "\n" not in message
+    return message
 
 
 def write_csv(tmp_path: Path, text: str, name: str = "prices.csv") -> Path:
@@ -30,9 +39,9 @@ def write_csv(tmp_path: Path, text: str, name: str = "prices.csv") -> Path:
     return path
 
 
-def fetch_error(cfg: dict, kind: type[Exception] = DataError) -> str:
-    with pytest.raises(kind) as info:
-        fetch(cfg)
+def fetch_error(data) -> str:
+    with pytest.raises(DataError) as info:
+        load_data(data)
     message = str(info.value)
     assert "\n" not in message
     return message
@@ -40,7 +49,7 @@ def fetch_error(cfg: dict, kind: type[Exception] = DataError) -> str:
 
 def test_a_clean_file_becomes_a_sorted_float_series_indexed_by_date(tmp_path) -> None:
     path = write_csv(tmp_path, "date,close,volume\n2024-01-03,12,5\n2024-01-02,11,4\n2024-01-04,13,6")
-    result = fetch(csv_config(path, inputs=["close", "volume"]))
+    result = load_data(csv_config(path, "data.inputs=[close,volume]"))
     assert list(result.frame.columns) == ["close", "volume"]
     assert result.frame.index.name == "date"
     assert result.frame.index.is_monotonic_increasing  # unsorted input is sorted
@@ -50,8 +59,8 @@ def test_a_clean_file_becomes_a_sorted_float_series_indexed_by_date(tmp_path) ->
 
 
 def test_missing_path_is_a_config_error(tmp_path) -> None:
-    message = fetch_error(csv_config(tmp_path, params={"path": None}), ConfigError)
-    assert message.startswith("data.params.path is not set")
+    assert config_error().startswith("data.params.path is not set")
+    assert config_error("data.params.path=null").startswith("data.params.path is not set")
 
 
 def test_missing_file_names_it(tmp_path) -> None:
@@ -97,13 +106,13 @@ def test_empty_date_cell(tmp_path) -> None:
 
 def test_explicit_date_format(tmp_path) -> None:
     path = write_csv(tmp_path, "date,close\n03/01/2024,1\n04/01/2024,2")
-    frame = fetch(csv_config(path, date_format="%d/%m/%Y")).frame
+    frame = load_data(csv_config(path, "data.date_format='%d/%m/%Y'")).frame
     assert list(frame.index) == [pd.Timestamp("2024-01-03"), pd.Timestamp("2024-01-04")]
 
 
 def test_identical_duplicate_rows_are_dropped(tmp_path) -> None:
     path = write_csv(tmp_path, "date,close\n2024-01-02,1\n2024-01-02,1\n2024-01-03,2")
-    assert fetch(csv_config(path)).frame["close"].tolist() == [1.0, 2.0]
+    assert load_data(csv_config(path)).frame["close"].tolist() == [1.0, 2.0]
 
 
 def test_duplicate_dates_with_different_values(tmp_path) -> None:
@@ -134,35 +143,36 @@ def test_inf_fails(tmp_path) -> None:
                                            ("interpolate", [1.0, 2.0, 3.0, 4.0])])
 def test_gaps_are_filled_when_asked(tmp_path, fill, expected) -> None:
     path = write_csv(tmp_path, "date,close\n2024-01-02,1\n2024-01-03,\n2024-01-04,\n2024-01-05,4")
-    assert fetch(csv_config(path, fill=fill)).frame["close"].tolist() == expected
+    assert load_data(csv_config(path, f"data.fill={fill}")).frame["close"].tolist() == expected
 
 
 def test_a_gap_at_the_start_cannot_be_forward_filled(tmp_path) -> None:
     path = write_csv(tmp_path, "date,close\n2024-01-02,\n2024-01-03,2")
-    message = fetch_error(csv_config(path, fill="ffill"))
+    message = fetch_error(csv_config(path, "data.fill=ffill"))
     assert "column 'close' has 1 NaN value(s), the first at 2024-01-02" in message
     assert "data.fill=ffill cannot fill gaps at the start" in message
 
 
 def test_unknown_fill_is_a_config_error(tmp_path) -> None:
     path = write_csv(tmp_path, "date,close\n2024-01-02,1")
-    assert fetch_error(csv_config(path, fill="zero"), ConfigError).startswith("data.fill='zero'")
+    assert config_error(f"data.params.path={path}", "data.fill=zero").startswith("data.fill='zero'")
 
 
 def test_non_positive_price(tmp_path) -> None:
     path = write_csv(tmp_path, "date,close\n2024-01-02,10\n2024-01-03,0")
-    message = fetch_error(csv_config(path, positive=True))
+    message = fetch_error(csv_config(path, "data.positive=true"))
     assert "column 'close' has a non-positive price 0.0 at 2024-01-03" in message
     # Without the rule, zero is a valid value.
-    assert fetch(csv_config(path)).frame["close"].tolist() == [10.0, 0.0]
+    assert load_data(csv_config(path)).frame["close"].tolist() == [10.0, 0.0]
 
 
 def test_series_too_short_for_lookback_horizon_and_split(tmp_path) -> None:
     dates = pd.date_range("2024-01-01", periods=12)
     pd.DataFrame({"date": dates, "close": np.arange(1.0, 13.0)}).to_csv(tmp_path / "p.csv", index=False)
     with pytest.raises(DataError) as info:
-        prepare_from_config(csv_config(tmp_path / "p.csv", lookback=5))
-    assert str(info.value).startswith("csv: the val split has 2 rows but one sample needs 6")
+        prepare_data(csv_config(tmp_path / "p.csv", "data.lookback=5"))
+    assert str(info.value).startswith(f"csv {tmp_path / 'p.csv'}: the val split has 2 rows but one "
+                                      "sample needs 6")
 
 
 def test_samples_layout_rejects_ragged_and_repeated_samples() -> None:

@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from pipeline.data.datamodule import SeriesDataModule, prepare_series
-from pipeline.data.fetch import FetchResult, frame_digest
+from pipeline.data.digest import frame_digest
+from pipeline.data.loading import FetchResult
 from pipeline.data.scaling import AffineScaler
 from pipeline.data.windowing import WindowSpec
 

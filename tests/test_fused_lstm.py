@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
-from pipeline.models import fused_lstm
 from pipeline.models.fused_lstm import CoupledLSTM, PeepholeLSTM
 
 ATOL = RTOL = 1e-5
@@ -301,6 +300,68 @@ def test_trace_matches_forward_and_eager_gates():
         torch.testing.assert_close(trace["cell_prev"][:, 1:], trace["cell"][:, :-1])
 
 
+def documented_peephole_step(model, name, x_t, h_prev, c_prev):
+    """``PeepholeLSTM``'s docstring equations, line by line."""
+    pre_i, pre_f, pre_g, pre_o = pre_activations(model, name, x_t, h_prev).chunk(4, dim=1)
+    p_i, p_f, p_o = getattr(model, f"weight_peephole_{name}")
+    i = torch.sigmoid(pre_i + p_i * c_prev)
+    f = torch.sigmoid(pre_f + p_f * c_prev)
+    g = torch.tanh(pre_g)
+    c = f * c_prev + i * g
+    o = torch.sigmoid(pre_o + p_o * c)
+    h = o * torch.tanh(c)
+    return {"input": i, "forget": f, "cell_candidate": g, "output": o, "cell": c, "h": h}
+
+
+def documented_coupled_step(model, name, x_t, h_prev, c_prev):
+    """``CoupledLSTM``'s docstring equations, line by line."""
+    pre_f, pre_g, pre_o = pre_activations(model, name, x_t, h_prev).chunk(3, dim=1)
+    f = torch.sigmoid(pre_f)
+    g = torch.tanh(pre_g)
+    c = f * c_prev + (1 - f) * g
+    o = torch.sigmoid(pre_o)
+    h = o * torch.tanh(c)
+    return {"forget": f, "cell_candidate": g, "output": o, "cell": c, "h": h}
+
+
+def pre_activations(model, name, x_t, h_prev):
+    """W_i* x_t + b_i* + W_h* h_{t-1} + b_h* for every gate block *, side by side."""
+    kinds = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+    w_ih, w_hh, b_ih, b_hh = (getattr(model, f"{kind}_{name}") for kind in kinds)
+    return x_t @ w_ih.T + b_ih + h_prev @ w_hh.T + b_hh
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "documented_step"),
+    [(PeepholeLSTM, documented_peephole_step), (CoupledLSTM, documented_coupled_step)],
+)
+def test_every_step_follows_the_documented_equations(model_cls, documented_step):
+    # Each step is checked on its own, from the kernel's own previous state, in both
+    # directions and from a non-zero initial state.
+    torch.manual_seed(0)
+    model = model_cls(INPUTS, HIDDEN, bidirectional=True)
+    randomise_peepholes(model)
+    x = torch.randn(BATCH, STEPS, INPUTS)
+    h0, c0 = (s.detach() for s in random_state(model, BATCH))
+    traces = model.trace_gates(x, (h0, c0))
+    with torch.no_grad():
+        output, _ = model(x, (h0, c0))
+    forward_times, reverse_times = list(range(STEPS)), list(range(STEPS - 1, -1, -1))
+    for direction, times in enumerate((forward_times, reverse_times)):
+        trace = traces[direction]
+        name = f"l0{('', '_reverse')[direction]}"
+        h_seq = output[..., direction * HIDDEN : (direction + 1) * HIDDEN]
+        torch.testing.assert_close(trace["cell_prev"][:, times[0]], c0[direction])
+        for prev_t, t in zip([None, *times], times, strict=False):
+            h_prev = h0[direction] if prev_t is None else h_seq[:, prev_t]
+            with torch.no_grad():
+                expected = documented_step(model, name, x[:, t], h_prev, trace["cell_prev"][:, t])
+            for key, value in expected.items():
+                actual = h_seq[:, t] if key == "h" else trace[key][:, t]
+                where = f"{name} {key} at t={t}"
+                torch.testing.assert_close(actual, value, msg=lambda m, w=where: f"{w}: {m}")
+
+
 # --- module behaviour ------------------------------------------------------
 
 
@@ -408,22 +469,6 @@ def test_gradients_accumulate_without_aliasing(model_cls):
     assert model.bias_ih_l0.grad.data_ptr() != model.bias_hh_l0.grad.data_ptr()
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, 2 * once[name], msg=name)
-
-
-@pytest.mark.parametrize(
-    ("model_cls", "step"),
-    [(PeepholeLSTM, eager_peephole_step), (CoupledLSTM, eager_coupled_step)],
-)
-def test_native_tanh_branch_matches_eager_reference(monkeypatch, model_cls, step):
-    # The branch CUDA takes; forced here so that it is checked on any machine.
-    monkeypatch.setattr(fused_lstm, "_tanh_via_sigmoid", lambda device: False)
-    torch.manual_seed(0)
-    model = model_cls(INPUTS, HIDDEN, num_layers=2, bidirectional=True)
-    randomise_peepholes(model)
-    x = torch.randn(BATCH, STEPS, INPUTS)
-    state = random_state(model, BATCH)
-    expected = run_and_grad_eager(model, step, x, state)
-    assert_same_run(run_and_grad(model, x, state), expected)
 
 
 @pytest.mark.gpu

@@ -10,91 +10,82 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline import retrain
+from pipeline.cli import load_config
 from pipeline.errors import ConfigError
-from pipeline.tracking.registry import (
+from pipeline.retrain import main as retrain_main
+from pipeline.retraining.records import Candidate, RetrainSummary
+from pipeline.retraining.stages import (
+    judged,
+    rank,
+    retrain,
+    retrain_config,
+    summary_path,
+    variant_overrides,
+)
+from pipeline.tracking.champion import (
     CHAMPION,
     load_registered_network,
     load_test_windows,
     score_on_windows,
 )
+from pipeline.tracking.store import open_store
 from tests.conftest import TINY
 
 NAME = "sine-forecaster"
 
 
-def _candidate(variant: str, score: float | None, mase: float | None = None) -> retrain.Candidate:
+def _candidate(variant: str, score: float | None, mase: float | None = None) -> Candidate:
     metrics = {"test/mse": 1.0} if mase is None else {"test/mse": 1.0, "test/mase": mase}
-    return retrain.Candidate(variant=variant, run_id=f"run-{variant}", run_name=variant,
-                             model_name=NAME, version="1", data_digest="d", test_metrics=metrics,
-                             score=score)
+    return Candidate(variant=variant, run_id=f"run-{variant}", run_name=variant, model_name=NAME,
+                     version="1", data_digest="d", test_metrics=metrics, score=score)
 
 
 # --- config and ranking: no training ----------------------------------------------------------
 
 
-def test_a_variant_uses_its_model_config_or_else_the_backbone_name() -> None:
+def test_a_variant_uses_its_model_config_with_the_sizes_the_user_set() -> None:
     base = ["model=gru", "model.name=lstm", "model.hidden_size=16", "data=sine"]
-    assert retrain.variant_overrides(base, "lstm") == ["model.hidden_size=16", "data=sine", "model=lstm"]
-    # A backbone without a conf/model file trains with the configured model's sizes.
-    assert not (retrain.CONF_DIR / "model" / "no_such_file.yaml").exists()
-    assert retrain.variant_overrides(base, "no_such_file") == [
-        "model.hidden_size=16", "data=sine", "model.name=no_such_file"]
-    cfg = retrain.compose_config(base, "no_such_file")
-    assert (cfg.model.name, cfg.model.hidden_size) == ("no_such_file", 16)
+    assert variant_overrides(base, "peephole") == ["model.hidden_size=16", "data=sine", "model=peephole"]
+    cfg = retrain_config(base, "peephole")
+    assert (cfg.model.name, cfg.model.hidden_size) == ("peephole", 16)
 
 
-def test_params_become_overrides_that_survive_any_uri() -> None:
-    uri = "http://user:p'w@host:5000/x?a=b,c"
-    overrides = retrain.overrides_from_params("sine", ["lstm", "gru"], uri, ["model.hidden_size=8"])
-    cfg = retrain.compose_config(overrides)
-    assert cfg.tracking.uri == uri
-    assert list(cfg.retrain.variants) == ["lstm", "gru"]
-    assert cfg.model.hidden_size == 8
-    with pytest.raises(ConfigError, match="data='nope' is not a known data config"):
-        retrain.overrides_from_params("nope", ["lstm"])
-
-
-@pytest.mark.parametrize("variants", ["[]", "[lstm,lstm]"])
-def test_bad_variant_lists_are_config_errors(variants: str) -> None:
-    with pytest.raises(ConfigError, match="retrain.variants"):
-        retrain.variants_of(retrain.compose_config([f"retrain.variants={variants}"]))
+@pytest.mark.parametrize(("variants", "why"), [("[]", "at least one"), ("[lstm,lstm]", "twice"),
+                                               ("[lstm,nope]", "must be one of")])
+def test_bad_variant_lists_are_config_errors(variants: str, why: str) -> None:
+    with pytest.raises(ConfigError, match=f"retrain.variants.*{why}"):
+        load_config("retrain", [f"retrain.variants={variants}"])
 
 
 def test_by_default_the_summary_goes_to_the_temp_dir_not_the_repo() -> None:
-    path = retrain.summary_path(retrain.compose_config([]))
+    path = summary_path(retrain_config([]))
     assert path.name == "retrain_summary.json"
     assert path.is_relative_to(Path(tempfile.gettempdir()).resolve())
 
 
-def test_credentials_never_reach_the_summary(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "s3cr3t-token")
-    assert retrain.public_uri("https://bob:hunter2@mlflow.example/?t=s3cr3t-token") == \
-        "https://mlflow.example/?t=<redacted>"
-
-
-def test_rank_puts_the_best_eligible_first_and_losers_to_persistence_last() -> None:
-    judged = [retrain.judged(_candidate("a", 0.3, mase=0.9), 0.3, 1.0),
-              retrain.judged(_candidate("b", 0.1, mase=1.2), 0.1, 1.0),  # beats a, loses to naive
-              retrain.judged(_candidate("c", 0.2), 0.2, 1.0),  # sequence data: no baseline
-              retrain.judged(_candidate("d", None), None, 1.0)]
-    assert [c.variant for c in retrain.rank(judged, "minimize")] == ["c", "a", "b", "d"]
-    assert [c.variant for c in retrain.rank(judged, "maximize")] == ["a", "c", "b", "d"]
-    assert "persistence" in judged[1].note and not judged[3].eligible
-    assert retrain.judged(_candidate("b", 0.1, mase=1.2), 0.1, None).eligible  # gate off
+def test_ranking_puts_eligible_candidates_first_by_score() -> None:
+    scored = [judged(_candidate("a", 0.3, mase=0.9), 0.3, 1.0),
+              judged(_candidate("b", 0.1, mase=1.2), 0.1, 1.0),  # beats a, loses to naive
+              judged(_candidate("c", 0.2), 0.2, 1.0),  # sequence data: no baseline
+              judged(_candidate("d", None), None, 1.0)]
+    assert [c.variant for c in rank(scored, "minimize")] == ["c", "a", "b", "d"]
+    assert [c.variant for c in rank(scored, "maximize")] == ["a", "c", "b", "d"]
+    assert "persistence" in scored[1].note and not scored[3].eligible
+    assert judged(_candidate("b", 0.1, mase=1.2), 0.1, None).eligible  # gate off
 
 
 # --- end to end -----------------------------------------------------------------------------------
 
 
-def _run(store: str, tmp_path: Path, variants: str) -> retrain.RetrainSummary:
-    return retrain.retrain([*TINY, f"retrain.variants={variants}",
-                            f"retrain.output_dir={tmp_path / 'out'}"])
+def _run(store: str, tmp_path: Path, variants: str) -> RetrainSummary:
+    return retrain([*TINY, f"retrain.variants={variants}", f"retrain.output_dir={tmp_path / 'out'}"])
 
 
-def _scores(client: MlflowClient, run_id: str, versions: list[str]) -> dict[str, float]:
-    windows = load_test_windows(client, run_id)
-    return {v: score_on_windows(load_registered_network(NAME, v), windows, "mse") for v in versions}
+def _scores(uri: str, run_id: str, versions: list[str]) -> dict[str, float]:
+    tracking = open_store(uri)
+    windows = load_test_windows(tracking, run_id)
+    return {v: score_on_windows(load_registered_network(tracking, NAME, v), windows, "mse")
+            for v in versions}
 
 
 def _champion(client: MlflowClient) -> str:
@@ -115,7 +106,7 @@ def test_retrain_twice_registers_every_variant_and_keeps_the_best_as_champion(st
     decided = [v for v in versions.values() if "promotion.promoted" in v.tags]
     assert [str(v.version) for v in decided] == [first.decision["version"]]
 
-    scores = _scores(client, runs[0].info.run_id, ["1", "2"])
+    scores = _scores(store, runs[0].info.run_id, ["1", "2"])
     best = min(scores, key=scores.get)
     assert first.promoted and _champion(client) == best == first.champion
     assert first.decision["reason"].startswith("first version")
@@ -135,7 +126,7 @@ def test_retrain_twice_registers_every_variant_and_keeps_the_best_as_champion(st
     second = _run(store, tmp_path, "[gru,rnn]")
     assert sorted(str(v.version) for v in client.search_model_versions(f"name='{NAME}'")) == ["1", "2", "3", "4"]
     assert {c["variant"] for c in second.candidates} == {"gru", "rnn"}
-    scores = _scores(client, second.candidates[0]["run_id"], ["1", "2", "3", "4"])
+    scores = _scores(store, second.candidates[0]["run_id"], ["1", "2", "3", "4"])
     if second.promoted:
         assert second.decision["candidate_score"] < second.decision["champion_score"]
     else:
@@ -146,10 +137,10 @@ def test_retrain_twice_registers_every_variant_and_keeps_the_best_as_champion(st
 @pytest.mark.slow
 def test_a_bad_variant_stops_in_one_line_before_anything_trains(store, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as stopped:
-        retrain.main([*TINY, "retrain.variants=[lstm,nope]", f"retrain.output_dir={tmp_path / 'out'}"])
+        retrain_main([*TINY, "retrain.variants=[lstm,nope]", f"retrain.output_dir={tmp_path / 'out'}"])
     assert stopped.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        "error: retrain.variants: nope: model.name='nope': unknown variant; choose one of ")
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: retrain.variants='nope': must be one of coupled, gru, lstm, peephole, rnn, seq2seq"]
     client = MlflowClient(store)
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
     assert not (tmp_path / "out").exists()
@@ -157,8 +148,8 @@ def test_a_bad_variant_stops_in_one_line_before_anything_trains(store, tmp_path,
 
 @pytest.mark.slow
 def test_a_candidate_no_better_than_persistence_is_registered_but_never_promoted(store, tmp_path) -> None:
-    summary = retrain.retrain([*TINY, "data.mode=forecast", "data.burn_in=0", "retrain.variants=[gru]",
-                               "retrain.max_mase=0.001", f"retrain.output_dir={tmp_path / 'out'}"])
+    summary = retrain([*TINY, "data.mode=forecast", "data.burn_in=0", "retrain.variants=[gru]",
+                       "retrain.max_mase=0.001", f"retrain.output_dir={tmp_path / 'out'}"])
     (candidate,) = summary.candidates
     assert candidate["test_metrics"]["test/mase"] >= 0.001  # the baselines were scored beside it
     assert not candidate["eligible"] and "persistence" in candidate["note"]

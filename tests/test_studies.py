@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.cli import CONF_DIR, group_options
+from pipeline.cli import CONF_DIR, group_options, load_config
 from pipeline.experiments import main as run_experiments
 from pipeline.experiments import plan
 from pipeline.report import main as build_report
@@ -28,30 +28,46 @@ def test_published_settings_are_kept() -> None:
     assert (sine.model.name, sine.model.hidden_size, sine.data.split.test) == ("lstm", 16, 0.5)
     stock = compose_config("experiment=stock_close")
     assert (stock.model.num_layers, stock.model.hidden_size, stock.data.lookback) == (2, 8, 10)
-    assert stock.data.split.train == 0.7 and stock.data.params.start == "2019-01-01"
+    assert stock.data.split.train == 0.7 and stock.data.params["start"] == "2019-01-01"
     binary = compose_config("experiment=binary_addition")
-    assert binary.model.hidden_size == 16 and binary.data.params.bits == 8
+    assert binary.model.hidden_size == 16 and binary.data.params["bits"] == 8
+    assert binary.promotion.metric == "log_loss"  # a classification study ranks on a classification metric
     sst = compose_config("experiment=sst_seq2seq")
     assert sst.model.name == "seq2seq" and sst.model.recurrent_l2 > 0 and sst.data.horizon > 1
     assert "rnn" in compose_config("experiment=binary_addition").runner.variants
 
 
-def test_quick_plan_shortens_training() -> None:
-    runs = plan("quick", ["sine_cosine"], ["gru"])
-    assert runs == [("sine_cosine", "gru", ["model=gru", "trainer.max_epochs=2", "data.params.points=400",
-                                            "data.lookback=20", "trainer.progress_bar=false",
-                                            "trainer.model_summary=false"])]
+def test_every_study_declares_its_bar_as_data() -> None:
+    bars = {study: compose_config(f"experiment={study}").runner.expect for study in STUDIES}
+    assert [(e.metric, e.max, e.variants) for e in bars["sine_cosine"]] == [("test/mse", 1e-3, ["lstm"])]
+    assert [(e.metric, e.min) for e in bars["binary_addition"]] == [("test/exact_match", 1.0)]
+    assert [(e.metric, e.max) for e in bars["sst_seq2seq"]] == [("test/mase_seasonal_naive", 1.0)]
+    (sine_bar,) = bars["sine_cosine"]
+    assert sine_bar.met_by(2.9e-4) and not sine_bar.met_by(7.3e-3) and not sine_bar.met_by(None)
+
+
+def test_quick_plan_shortens_training_and_uses_its_own_store() -> None:
+    cfg = load_config("experiments", ["experiments.mode=quick", "experiments.studies=[sine_cosine]",
+                                      "experiments.variants=[gru]"])
+    runs = plan(cfg, ["experiments.mode=quick", "experiments.studies=[sine_cosine]"])
+    assert runs == [("sine_cosine", "gru", [
+        "experiment=sine_cosine", "model=gru", "trainer.max_epochs=2", "data.params.points=400",
+        "data.lookback=20", "tracking.uri=sqlite:///.reports/quick/mlflow.db",
+        "tracking.artifact_root=.reports/quick/mlartifacts", "trainer.progress_bar=false",
+        "trainer.model_summary=false"])]
 
 
 @pytest.mark.slow
 def test_quick_runs_then_report_from_the_store(store, tmp_path, capsys) -> None:
-    assert run_experiments(["--mode", "quick", "--studies", "toy_regression,stock_close",
-                            "--variants", "lstm,gru"]) == 0
+    run_experiments(["experiments.mode=quick", "experiments.studies=[toy_regression,stock_close]",
+                     "experiments.variants=[lstm,gru]", f"tracking.uri={store}"])
     printed = capsys.readouterr().out
     # offline, with no cache: the stock study is skipped with its reason, the rest goes on
     assert "stock_close      lstm       skipped" in printed and "TUSHARE_TOKEN" in printed
-    build_report(["--out", str(tmp_path / "reports")])
+    assert "toy_regression   lstm       done" in printed
+    build_report(["report.mode=quick", f"tracking.uri={store}", f"report.output={tmp_path / 'reports'}"])
     report = (tmp_path / "reports" / "studies.md").read_text()
+    assert report.startswith("# Studies (quick mode")
     assert "## toy_regression" in report and "## stock_close" not in report
     table = [line for line in report.splitlines() if line.startswith("| lstm") or line.startswith("| gru")]
     assert len(table) == 2
@@ -60,8 +76,37 @@ def test_quick_runs_then_report_from_the_store(store, tmp_path, capsys) -> None:
         [client.get_experiment_by_name("toy").experiment_id])}
     # numbers in the report are the store's numbers
     assert f"{runs['lstm'].data.metrics['test/mse']:.4g}" in table[[line.startswith('| gru') for line in table].index(False)]
-    assert "true sum → prediction: 7 →" in report and "9 →" in report
+    assert "truth → prediction: 7 →" in report and "9 →" in report
     assert (tmp_path / "reports" / "plots" / "toy_regression" / "lstm_forecast.png").exists()
     summary = client.get_experiment_by_name("studies-report")
     run = client.search_runs([summary.experiment_id])[0]
     assert any(a.path == "report/studies.md" for a in client.list_artifacts(run.info.run_id, "report"))
+
+
+@pytest.mark.slow
+def test_a_missed_bar_fails_the_command_after_the_rest_ran(store, tmp_path, capsys) -> None:
+    """Full mode checks each study's declared bar: one epoch of the toy study cannot reach it, so
+    the run fails and the command exits 1, after running every planned run."""
+    with pytest.raises(SystemExit) as stopped:
+        run_experiments(["experiments.studies=[toy_regression]", "experiments.variants=[lstm,gru]",
+                         "trainer.max_epochs=1", f"tracking.uri={store}"])
+    assert stopped.value.code == 1
+    printed = capsys.readouterr()
+    assert "toy_regression   lstm       failed" in printed.out and "test/mae <= 0.1" in printed.out
+    assert "toy_regression   gru" in printed.out
+    assert "2 of 2 runs failed" in printed.err
+
+
+def test_only_unavailable_data_is_a_skip(store, tmp_path) -> None:
+    """The stock study offline with no cache is a skip; the same study on a user's file that is
+    too short for its split is a failure (real data, real errors: no training starts)."""
+    from pipeline.experiments import run_one
+
+    offline = ["experiment=stock_close", "model=lstm", f"data.cache_dir={tmp_path / 'cache'}",
+               "data.offline=true"]
+    assert run_one("stock_close", "lstm", offline, "full").status == "skipped"
+    short = tmp_path / "closes.csv"
+    short.write_text("date,close\n" + "\n".join(f"2024-01-{d:02d},{3000 + d}" for d in range(1, 16)))
+    on_file = ["experiment=stock_close", "model=lstm", "data=csv", f"data.params.path={short}"]
+    outcome = run_one("stock_close", "lstm", on_file, "full")
+    assert outcome.status == "failed" and "closes.csv" in outcome.detail and "split" in outcome.detail

@@ -3,6 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.cli import load_config
 from pipeline.data.windowing import WindowSpec, check_split_lengths, make_windows, split_bounds
 from pipeline.errors import ConfigError, DataError
 
@@ -53,8 +54,9 @@ def test_no_window_crosses_a_split_boundary(n: int, train: float, spec: WindowSp
 
 
 def test_split_fractions_must_add_up() -> None:
-    with pytest.raises(ConfigError, match=r"data.split"):
-        split_bounds(100, {"train": 0.5, "val": 0.2, "test": 0.2})
+    # The schema refuses them before any data is read (split_bounds trusts it).
+    with pytest.raises(ConfigError, match=r"^data.split=.*: fractions must add up to 1 \(they add up to 0.9\)$"):
+        load_config("train", ["data.split.train=0.5", "data.split.val=0.2", "data.split.test=0.2"])
 
 
 def test_too_short_split_names_the_split_and_sizes() -> None:
@@ -64,8 +66,13 @@ def test_too_short_split_names_the_split_and_sizes() -> None:
         check_split_lengths(bounds, spec, "sine")
 
 
-@pytest.mark.parametrize("field,value", [("lookback", 0), ("horizon", -1), ("stride", 1.5)])
-def test_window_spec_rejects_bad_values(field: str, value) -> None:
-    kwargs = {"lookback": 5, "horizon": 1, "stride": 1, field: value}
-    with pytest.raises(ConfigError, match=rf"data.{field}="):
-        WindowSpec(**kwargs)
+@pytest.mark.parametrize("field,value,expected", [
+    ("lookback", 0, "data.lookback=0: must be >= 1"),
+    ("horizon", -1, "data.horizon=-1: must be >= 1"),
+    ("stride", 1.5, "data.stride: '1.5' is not an integer"),
+])
+def test_window_settings_are_checked_by_the_schema(field: str, value, expected: str) -> None:
+    # WindowSpec trusts its values: the config they come from is checked once, at load_config.
+    with pytest.raises(ConfigError) as info:
+        load_config("train", ["data=sst", f"data.{field}={value}"])
+    assert str(info.value) == expected

@@ -111,6 +111,7 @@ def store(slot: CacheSlot, frame: pd.DataFrame, source: str, params: Mapping[str
         stored = pd.read_parquet(tmp)
         digest = frame_digest(stored)
         path = slot.data_path(digest)
+        share(tmp)
         os.replace(tmp, path)
     manifest = {
         "format": MANIFEST_FORMAT,
@@ -125,6 +126,7 @@ def store(slot: CacheSlot, frame: pd.DataFrame, source: str, params: Mapping[str
     try:
         with _temporary_file(slot.directory, slot.key) as tmp:
             write_text(json.dumps(manifest, indent=2, default=str) + "\n", tmp)
+            share(tmp)
             os.replace(tmp, slot.manifest_path)
     except BaseException:
         # The old manifest still rules; drop the new data file unless it is the one it names.
@@ -156,6 +158,17 @@ def write_text(text: str, path: Path) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+# The process's umask, read once at import (reading it means setting it, which is not thread-safe).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def share(path: Path) -> None:
+    """The mode an ordinary write would give (mkstemp's files are 0600): the workers of a DAG
+    share the cache, under one group or umask the deployment chooses."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.data.fetch import FetchResult
+from pipeline.data.loading import FetchResult
 from pipeline.data.scaling import AffineScaler
 from pipeline.data.windowing import (
     SPLITS,
@@ -70,7 +70,7 @@ def prepare_series(
     """
     frame = fetched.frame
     bounds = series_split_bounds(frame.index, dict(split))
-    check_split_lengths(bounds, spec, fetched.source)
+    check_split_lengths(bounds, spec, fetched.label)
     x_raw = frame[inputs].to_numpy(dtype=np.float64)
     y_raw = frame[targets].to_numpy(dtype=np.float64)
     train_start, train_stop = bounds["train"]
@@ -104,14 +104,14 @@ def prepare_samples(
     steps = int(frame["step"].max()) + 1
     n_samples = len(frame) // steps
     require(spec.lookback == steps, "data.lookback", spec.lookback,
-            f"must equal the {steps} steps of every {fetched.source} sample")
+            f"must equal the {steps} steps of every {fetched.label} sample")
     require(spec.mode == "sequence" or spec.horizon <= steps, "data.horizon", spec.horizon,
             f"must be at most the {steps} steps of a sample")
     targeted = slice(0, steps) if spec.mode == "sequence" else slice(steps - spec.horizon, steps)
     x_raw = frame[inputs].to_numpy(dtype=np.float64).reshape(n_samples, steps, len(inputs))
     y_raw = frame[targets].to_numpy(dtype=np.float64).reshape(n_samples, steps, len(targets))[:, targeted]
     rows = np.arange(len(frame), dtype=np.int64).reshape(n_samples, steps)[:, targeted]
-    masks = sample_masks(frame["split"].to_numpy()[::steps], split, fetched.source)
+    masks = sample_masks(frame["split"].to_numpy()[::steps], split, fetched.label)
 
     train = masks["train"]
     x_scaler = AffineScaler.fit(scaler, x_raw[train].reshape(-1, len(inputs)))

@@ -8,17 +8,16 @@ DataError line naming the source (and file), the column and the offending value.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import DataError, require
+from pipeline.config import DataConfig
+from pipeline.errors import DataError
 
-FILLS = ("none", "ffill", "interpolate")
-LAYOUTS = ("series", "samples")
 SAMPLE_COLUMNS = ("sample", "step", "split")
 
 
@@ -32,19 +31,15 @@ class Rules:
     fill: str = "none"
     positive: list[str] = field(default_factory=list)  # columns that must be > 0 (prices)
 
-    def __post_init__(self) -> None:
-        require(self.layout in LAYOUTS, "data.layout", self.layout, f"must be one of {', '.join(LAYOUTS)}")
-        require(self.fill in FILLS, "data.fill", self.fill, f"must be one of {', '.join(FILLS)}")
 
-
-def rules_from_config(data_cfg: Mapping[str, Any], label: str) -> Rules:
-    columns = list(dict.fromkeys([*data_cfg["inputs"], *data_cfg["targets"]]))
-    positive = data_cfg.get("positive", False)
+def rules_from_config(data: DataConfig, label: str) -> Rules:
+    columns = list(dict.fromkeys([*data.inputs, *data.targets]))
+    positive = data.positive
     if isinstance(positive, bool):
         positive = columns if positive else []
-    return Rules(label=label, columns=columns, layout=data_cfg.get("layout", "series"),
-                 date_column=data_cfg.get("date_column"), date_format=data_cfg.get("date_format"),
-                 fill=data_cfg.get("fill", "none"), positive=[c for c in positive if c in columns])
+    return Rules(label=label, columns=columns, layout=data.layout, date_column=data.date_column,
+                 date_format=data.date_format, fill=data.fill,
+                 positive=[c for c in positive if c in columns])
 
 
 def validate(frame: pd.DataFrame, rules: Rules) -> pd.DataFrame:
@@ -79,7 +74,7 @@ def with_date_index(frame: pd.DataFrame, rules: Rules) -> pd.DataFrame:
         raw = frame.index.to_series().reset_index(drop=True)
     else:
         raise DataError(f"{rules.label}: missing date column {name!r}; available: "
-                        f"{', '.join(map(str, frame.columns))} (set data.date_column)")
+                        f"{column_list(frame.columns)} (set data.date_column)")
     dates = parse_dates(raw, rules)
     # One resolution for every source, so a frame and its cached copy hash the same.
     return frame.set_axis(pd.DatetimeIndex(dates, name=name).as_unit("ns"), axis=0)
@@ -103,8 +98,16 @@ def require_columns(frame: pd.DataFrame, columns: Sequence[str], label: str) -> 
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{label}: missing column(s) {', '.join(map(repr, missing))}; "
-                        f"available: {', '.join(map(str, frame.columns))} "
+                        f"available: {column_list(frame.columns)} "
                         "(check data.inputs / data.targets)")
+
+
+def column_list(columns: Sequence[object], most: int = 12, width: int = 32) -> str:
+    """The columns a file has, for a message: a few, each cut short, so an error about a file
+    never prints much of what is in it."""
+    names = [str(c) if len(str(c)) <= width else str(c)[:width] + "…" for c in list(columns)[:most]]
+    more = len(columns) - most
+    return ", ".join(names) + (f" (and {more} more)" if more > 0 else "")
 
 
 def numeric_columns(frame: pd.DataFrame, rules: Rules) -> pd.DataFrame:

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from pipeline.models.fused_lstm import CoupledLSTM, PeepholeLSTM
-from pipeline.models.registry import register_backbone
 
 
 class _FusedBackboneMixin:
     carries_cell_state = True  # num_directions and output_size come from the fused modules
 
 
-@register_backbone("peephole")
 class PeepholeBackbone(_FusedBackboneMixin, PeepholeLSTM):
     """Gers & Schmidhuber (2000): gates also read the cell state through diagonal weights."""
 
 
-@register_backbone("coupled")
 class CoupledBackbone(_FusedBackboneMixin, CoupledLSTM):
     """Coupled input-forget gate (CIFG): input gate = 1 - forget gate."""

@@ -1,32 +1,39 @@
-"""Fast peephole LSTM and coupled input-forget-gate (CIFG) LSTM.
+"""Peephole LSTM and coupled input-forget-gate (CIFG) LSTM, one fused kernel per layer.
 
-Both modules mirror ``torch.nn.LSTM(batch_first=True)``: same call signature,
-same parameter names and layout (so weights can be copied from an
-``nn.LSTM``), same ``(output, (h_n, c_n))`` result.
+Both modules are called like ``torch.nn.LSTM(batch_first=True)``: input (B, T, input_size),
+optional state ``(h_0, c_0)`` each (num_layers * num_directions, B, H), result
+``(output, (h_n, c_n))``; ``num_layers``, ``dropout`` between layers and ``bidirectional`` work
+as there.  Parameter names follow ``nn.LSTM`` (``weight_ih_l{k}``, ``weight_hh_l{k}``,
+``bias_ih_l{k}``, ``bias_hh_l{k}``, suffix ``_reverse``).  Only :class:`PeepholeLSTM` also has
+``nn.LSTM``'s shapes, so an ``nn.LSTM`` state dict loads into it with ``strict=False``; its
+peepholes then stay zero and the two compute the same function.  :class:`CoupledLSTM` has three
+gate blocks instead of four and cannot take ``nn.LSTM`` weights.
 
-Why a hand-written kernel: a plain Python per-step loop pays dispatcher and
-autograd overhead for every elementwise op of every step, and
-``torch.jit.script``/``torch.compile`` did not remove enough of it on a small
-CPU.  Each layer and direction therefore runs as one ``autograd.Function``:
+Each layer and direction runs as one ``torch.autograd.Function`` (:class:`_FusedLayer`):
 
-* forward projects the inputs of all time steps with one matmul, then loops
-  over time doing only the small recurrent matmul and in-place gate arithmetic
-  on preallocated buffers (per-step tensor views are created in bulk with
-  ``unbind`` because creating a view costs about as much as a small op);
-* backward uses the fact that backpropagation through one cell is *linear* in
-  the incoming ``(dh, dc)``.  The coefficients of that linear map depend only on
-  saved activations, so they are computed for all steps at once before the
-  loop, leaving four small elementwise ops plus one matmul per step.  Weight
-  gradients are then one large matmul over all steps.
+* forward (``_run_forward`` + the cell's ``run_steps``): one matmul projects the inputs of all
+  steps, then the time loop does the recurrent matmul and in-place gate arithmetic on
+  preallocated buffers;
+* backward (the cell's ``derivatives`` + ``_backward_through_time``): backpropagation through
+  one step is linear in the incoming ``(dh, dc)``, with coefficients -- partial derivatives of
+  the cell, listed in each cell's docstring -- that depend only on saved activations.  They are
+  computed for all steps at once before the loop, which is then four elementwise ops and one
+  matmul per step; weight gradients are one matmul over all steps.
 
-Only pure torch ops are used, so the same code runs on CPU and CUDA and in any
-floating dtype (float64 for gradcheck).
+The backward is written by hand because, on the CPU benchmark (``benchmarks/bench_rnn.py``,
+recorded in ``benchmarks/results/rnn_cpu.md``), autograd through the same cells -- eager with
+the input matmul hoisted out of the loop, or a ``torch.compile``'d step -- was clearly slower
+for forward+backward at the two smaller shapes, one of them the default training shape, and
+only closer to it at the largest (B=128, T=128, H=128).  The code is pure torch ops, so it also
+runs on CUDA (``test_cuda_matches_cpu`` checks the result); its speed there has not been
+measured.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -47,29 +54,33 @@ class _Activations(NamedTuple):
     next to it, so "previous state of every step" is a single contiguous slice.
     """
 
-    gates: Tensor  # (T, B, G*H) activated gates
+    gates: Tensor  # (T, B, G*H) activated gates, block order as in the weights
     hs: Tensor  # (T+1, B, H)
     cs: Tensor  # (T+1, B, H)
     tanh_c: Tensor  # (T, B, H)
 
 
-class _BackwardCoefficients(NamedTuple):
-    """Per-step coefficients of the (linear) backward map of one cell.
+class _CellDerivatives(NamedTuple):
+    """Partial derivatives of one cell at every step: the coefficients of the backward map.
 
-    With ``dh``, ``dc_next`` the incoming gradients of a step:
-    ``dz_out = dh * out_gate``; ``dc = dc_next + dh * cell_from_h``;
-    ``dz_lead = dc * lead`` (the gate blocks before the output gate);
-    ``dc_prev = dc * decay``.
+    "Cell gates" are the gate blocks that reach ``h_t`` only through ``c_t`` (i, f, g for the
+    peephole cell; f, g for the coupled one); they come first in the gate layout, the output
+    gate o last.  All derivatives are w.r.t. the unscaled pre-activations z (see
+    ``_run_forward``).
     """
 
-    lead: Tensor  # (T, B, n_lead, H)
-    out_gate: Tensor  # (T, B, H)
-    cell_from_h: Tensor  # (T, B, H)
-    decay: Tensor  # (T, B, H)
+    dc_dz: Tensor  # (T, B, n_cell_gates, H): dc_t/dz for each cell gate
+    dh_dzo: Tensor  # (T, B, H): dh_t/dz_o
+    dh_dc: Tensor  # (T, B, H): dh_t/dc_t, including the path through o_t
+    dc_dcprev: Tensor  # (T, B, H): dc_t/dc_{t-1}, including the paths through i_t and f_t
 
 
 def _in_order(buffer: Tensor, reverse: bool) -> Sequence[Tensor]:
-    """Per-step views of a time-major buffer, in processing order."""
+    """Per-step views of a time-major buffer, in processing order.
+
+    Created in bulk with ``unbind`` because creating one view costs about as much as a small
+    elementwise op.
+    """
     views = buffer.unbind(0)
     return views[::-1] if reverse else views
 
@@ -81,76 +92,82 @@ def _prev_and_current(buffer: Tensor, reverse: bool) -> tuple[Tensor, Tensor]:
     return buffer[:-1], buffer[1:]
 
 
-# The coefficient maths runs over whole (T, B, H) tensors, where it is memory
-# bound, so each helper is a single fused op (s - s*s rather than s * (1 - s)).
+# Derivatives of the activations written with the activation itself.  They run over whole
+# (T, B, H) tensors, where the work is memory bound, so each is one fused op (s - s*s rather
+# than s * (1 - s)).
 
 
 def _sigmoid_slope(s: Tensor, out: Tensor | None = None) -> Tensor:
-    """d sigmoid / dz expressed with the activation ``s``."""
+    """sigma'(z) = s (1 - s) where s = sigma(z)."""
     return torch.addcmul(s, s, s, value=-1, out=out)
 
 
 def _tanh_slope(t: Tensor, out: Tensor | None = None) -> Tensor:
-    """d tanh / dz expressed with the activation ``t``."""
+    """tanh'(z) = 1 - t^2 where t = tanh(z)."""
     return torch.addcmul(t.new_ones(()), t, t, value=-1, out=out)
 
 
-def _tanh_via_sigmoid(device: torch.device) -> bool:
-    """Whether the forward loop computes tanh(c) through sigmoid (see ``_StepOps``).
-
-    Only on CPU: on CUDA both are cheap and the identity costs extra launches.
-    """
-    return device.type == "cpu"
-
-
-class _StepOps:
-    """Per-call helpers for the forward loop.
-
-    On CPU, torch's float tanh measured about 6x slower than sigmoid (1M
-    elements: 1.8 ms vs 0.3 ms on the 2-core benchmark machine), so tanh is
-    computed as ``2 * sigmoid(2x) - 1`` there.  For the candidate gate g the
-    factor 2 is folded into its weight rows (see ``_run_forward``) so that the
-    gate sigmoid covers g as well and only ``2s - 1`` is left per step.
-    """
-
-    def __init__(self, like: Tensor, reverse: bool) -> None:
-        self.reverse = reverse
-        self._minus_one = like.new_full((), -1.0)
-        self._tanh_via_sigmoid = _tanh_via_sigmoid(like.device)
-
-    def order(self, buffer: Tensor) -> Sequence[Tensor]:
-        return _in_order(buffer, self.reverse)
-
-    def tanh_from_sigmoid(self, s: Tensor) -> None:
-        """In place: sigmoid(2x) -> tanh(x)."""
-        torch.add(self._minus_one, s, alpha=2, out=s)
-
-    def tanh_into(self, src: Tensor, out: Tensor) -> None:
-        if self._tanh_via_sigmoid:
-            torch.add(src, src, out=out).sigmoid_()
-            self.tanh_from_sigmoid(out)
-        else:
-            torch.tanh(src, out=out)
+def _tanh_from_doubled_sigmoid(s: Tensor, minus_one: Tensor) -> None:
+    """In place: sigma(2z) -> tanh(z) = 2 sigma(2z) - 1 (see ``_run_forward``)."""
+    torch.add(minus_one, s, alpha=2, out=s)
 
 
 class _PeepholeCell:
-    """Gers & Schmidhuber peephole LSTM; gate blocks i, f, g, o."""
+    """Peephole LSTM cell (Gers & Schmidhuber 2000); gate blocks i, f, g, o.
+
+    Forward, one step (``*`` elementwise, sigma the sigmoid)::
+
+        z     = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh,   split into z_i, z_f, z_g, z_o
+        i_t   = sigma(z_i + p_i * c_{t-1})
+        f_t   = sigma(z_f + p_f * c_{t-1})
+        g_t   = tanh(z_g)
+        c_t   = f_t * c_{t-1} + i_t * g_t
+        o_t   = sigma(z_o + p_o * c_t)
+        h_t   = o_t * tanh(c_t)
+
+    Backward, one step, given dh = dL/dh_t (from the output and from step t+1) and
+    dc = dL/dc_t through step t+1 (or from c_n); the loop is ``_backward_through_time``::
+
+        dz_o       = dh * dh_dzo
+        dc        += dh * dh_dc              now the full dL/dc_t
+        dz_{i,f,g} = dc * dc_dz[i, f, g]
+        dc_{t-1}   = dc * dc_dcprev          the dc of step t-1
+        dh_{t-1}  += dz @ W_hh               dz = [dz_i, dz_f, dz_g, dz_o]
+
+    with the coefficients (``derivatives``), where sigma'(s) = s (1 - s) and
+    tanh'(t) = 1 - t^2 take the activation's value::
+
+        dh_dzo    = sigma'(o_t) * tanh(c_t)
+        dh_dc     = o_t * tanh'(tanh(c_t)) + p_o * dh_dzo
+        dc_dz[i]  = sigma'(i_t) * g_t
+        dc_dz[f]  = sigma'(f_t) * c_{t-1}
+        dc_dz[g]  = tanh'(g_t) * i_t
+        dc_dcprev = f_t + p_i * dc_dz[i] + p_f * dc_dz[f]
+
+    and the peephole gradients ``sum(dz_i * c_{t-1})``, ``sum(dz_f * c_{t-1})``,
+    ``sum(dz_o * c_t)`` over steps and batch (``peephole_grad``).
+    """
 
     gate_count = 4
     has_peephole = True
-    lead_blocks = 3  # i, f, g: their gradients are dc times a coefficient
+    cell_gate_count = 3  # i, f, g
     candidate_block = 2
     gate_names = ("input", "forget", "cell_candidate", "output")
 
     @staticmethod
-    def run_steps(acts: _Activations, w_hh_t: Tensor, peephole: Tensor, ops: _StepOps) -> None:
+    def run_steps(acts: _Activations, w_hh_t: Tensor, peephole: Tensor, reverse: bool) -> None:
+        """The forward equations, step by step, in place into ``acts``.
+
+        ``acts.gates`` arrives holding the (scaled) input projection plus biases.
+        """
         steps, batch, _ = acts.gates.shape
         hidden = acts.hs.shape[-1]
         # i and f read the same peephole input (c_{t-1}); treating them as one
         # (B, 2, H) block halves the number of ops for them.
         in_forget = acts.gates[..., : 2 * hidden].view(steps, batch, 2, hidden)
         peep_if, peep_o = peephole[:2], peephole[2]
-        order = ops.order
+        order = partial(_in_order, reverse=reverse)
+        minus_one = acts.gates.new_full((), -1.0)
 
         z = order(acts.gates)
         zif = order(in_forget)
@@ -167,35 +184,36 @@ class _PeepholeCell:
             z[k].addmm_(h[k], w_hh_t)
             zif[k].addcmul_(c_bcast[k], peep_if)
             zifg[k].sigmoid_()
-            ops.tanh_from_sigmoid(g[k])
+            _tanh_from_doubled_sigmoid(g[k], minus_one)
             c_new = torch.mul(f[k], c[k], out=c[k + 1])
             c_new.addcmul_(i[k], g[k])
             o[k].addcmul_(c_new, peep_o).sigmoid_()
-            ops.tanh_into(c_new, tc[k])
+            torch.tanh(c_new, out=tc[k])
             torch.mul(o[k], tc[k], out=h[k + 1])
 
     @staticmethod
-    def coefficients(acts: _Activations, peephole: Tensor, reverse: bool) -> _BackwardCoefficients:
+    def derivatives(acts: _Activations, peephole: Tensor, reverse: bool) -> _CellDerivatives:
         steps, batch, _ = acts.gates.shape
         hidden = acts.hs.shape[-1]
         i, f, g, o = acts.gates.chunk(4, dim=-1)
         in_forget = acts.gates[..., : 2 * hidden].view(steps, batch, 2, hidden)
         c_prev, _ = _prev_and_current(acts.cs, reverse)
-        tc = acts.tanh_c
+        p_i, p_f, p_o = peephole.unbind(0)
 
-        lead = acts.gates.new_empty(steps, batch, 3, hidden)
-        lead_i, lead_f, lead_g = lead.unbind(2)
-        _sigmoid_slope(in_forget, out=lead[:, :, :2])
-        lead_i.mul_(g)
-        lead_f.mul_(c_prev)
-        _tanh_slope(g, out=lead_g).mul_(i)
-        out_gate = _sigmoid_slope(o).mul_(tc)
-        cell_from_h = _tanh_slope(tc).mul_(o).addcmul_(out_gate, peephole[2])
-        decay = torch.addcmul(f, lead_i, peephole[0]).addcmul_(lead_f, peephole[1])
-        return _BackwardCoefficients(lead, out_gate, cell_from_h, decay)
+        dc_dz = acts.gates.new_empty(steps, batch, 3, hidden)
+        dc_dzi, dc_dzf, dc_dzg = dc_dz.unbind(2)
+        _sigmoid_slope(in_forget, out=dc_dz[:, :, :2])
+        dc_dzi.mul_(g)
+        dc_dzf.mul_(c_prev)
+        _tanh_slope(g, out=dc_dzg).mul_(i)
+        dh_dzo = _sigmoid_slope(o).mul_(acts.tanh_c)
+        dh_dc = _tanh_slope(acts.tanh_c).mul_(o).addcmul_(dh_dzo, p_o)
+        dc_dcprev = torch.addcmul(f, dc_dzi, p_i).addcmul_(dc_dzf, p_f)
+        return _CellDerivatives(dc_dz, dh_dzo, dh_dc, dc_dcprev)
 
     @staticmethod
     def peephole_grad(dz: Tensor, acts: _Activations, reverse: bool) -> Tensor:
+        """Rows p_i, p_f, p_o: each peephole times the cell state it reads, summed."""
         steps, batch, _ = dz.shape
         hidden = acts.hs.shape[-1]
         c_prev, c_cur = _prev_and_current(acts.cs, reverse)
@@ -206,19 +224,40 @@ class _PeepholeCell:
 
 
 class _CoupledCell:
-    """CIFG LSTM: input gate is 1 - f; gate blocks f, g, o; no peepholes."""
+    """Coupled input-forget gate (CIFG) cell: i_t = 1 - f_t; gate blocks f, g, o; no peepholes.
+
+    Forward, one step::
+
+        z     = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh,   split into z_f, z_g, z_o
+        f_t   = sigma(z_f)
+        g_t   = tanh(z_g)
+        c_t   = f_t * c_{t-1} + (1 - f_t) * g_t
+        o_t   = sigma(z_o)
+        h_t   = o_t * tanh(c_t)
+
+    Backward: the loop of :class:`_PeepholeCell` with the cell gates f, g and the
+    coefficients::
+
+        dh_dzo    = sigma'(o_t) * tanh(c_t)
+        dh_dc     = o_t * tanh'(tanh(c_t))
+        dc_dz[f]  = sigma'(f_t) * (c_{t-1} - g_t)
+        dc_dz[g]  = tanh'(g_t) * (1 - f_t)
+        dc_dcprev = f_t
+    """
 
     gate_count = 3
     has_peephole = False
-    lead_blocks = 2  # f, g
+    cell_gate_count = 2  # f, g
     candidate_block = 1
     gate_names = ("forget", "cell_candidate", "output")
 
     @staticmethod
-    def run_steps(acts: _Activations, w_hh_t: Tensor, peephole: None, ops: _StepOps) -> None:
+    def run_steps(acts: _Activations, w_hh_t: Tensor, peephole: None, reverse: bool) -> None:
+        """The forward equations, step by step, in place into ``acts``."""
         steps = acts.gates.shape[0]
         hidden = acts.hs.shape[-1]
-        order = ops.order
+        order = partial(_in_order, reverse=reverse)
+        minus_one = acts.gates.new_full((), -1.0)
 
         z = order(acts.gates)
         f = order(acts.gates[..., :hidden])
@@ -230,29 +269,28 @@ class _CoupledCell:
         scratch = acts.hs.new_empty(acts.hs.shape[1:])
         for k in range(steps):
             z[k].addmm_(h[k], w_hh_t)
-            z[k].sigmoid_()
-            ops.tanh_from_sigmoid(g[k])
+            z[k].sigmoid_()  # f and o; g's block holds sigma(2 z_g)
+            _tanh_from_doubled_sigmoid(g[k], minus_one)
             # c = f*c_prev + (1-f)*g rewritten as g + f*(c_prev - g): two ops.
             torch.sub(c[k], g[k], out=scratch)
             c_new = torch.addcmul(g[k], f[k], scratch, out=c[k + 1])
-            ops.tanh_into(c_new, tc[k])
+            torch.tanh(c_new, out=tc[k])
             torch.mul(o[k], tc[k], out=h[k + 1])
 
     @staticmethod
-    def coefficients(acts: _Activations, peephole: None, reverse: bool) -> _BackwardCoefficients:
+    def derivatives(acts: _Activations, peephole: None, reverse: bool) -> _CellDerivatives:
         steps, batch, _ = acts.gates.shape
         hidden = acts.hs.shape[-1]
         f, g, o = acts.gates.chunk(3, dim=-1)
         c_prev, _ = _prev_and_current(acts.cs, reverse)
-        tc = acts.tanh_c
 
-        lead = acts.gates.new_empty(steps, batch, 2, hidden)
-        lead_f, lead_g = lead.unbind(2)
-        torch.sub(c_prev, g, out=lead_f).mul_(_sigmoid_slope(f))
-        torch.sub(f.new_ones(()), f, out=lead_g).mul_(_tanh_slope(g))
-        out_gate = _sigmoid_slope(o).mul_(tc)
-        cell_from_h = _tanh_slope(tc).mul_(o)
-        return _BackwardCoefficients(lead, out_gate, cell_from_h, f)
+        dc_dz = acts.gates.new_empty(steps, batch, 2, hidden)
+        dc_dzf, dc_dzg = dc_dz.unbind(2)
+        torch.sub(c_prev, g, out=dc_dzf).mul_(_sigmoid_slope(f))
+        torch.sub(f.new_ones(()), f, out=dc_dzg).mul_(_tanh_slope(g))
+        dh_dzo = _sigmoid_slope(o).mul_(acts.tanh_c)
+        dh_dc = _tanh_slope(acts.tanh_c).mul_(o)
+        return _CellDerivatives(dc_dz, dh_dzo, dh_dc, dc_dcprev=f)
 
     @staticmethod
     def peephole_grad(dz: Tensor, acts: _Activations, reverse: bool) -> None:
@@ -274,11 +312,16 @@ def _run_forward(
     b_hh: Tensor,
     peephole: Tensor | None,
 ) -> _Activations:
-    """Run one layer-direction over a time-major ``x`` of shape (T, B, F)."""
+    """Run one layer-direction over a time-major ``x`` of shape (T, B, F).
+
+    The candidate block's rows of the weights and biases are doubled here, so that the loop's
+    sigmoid over the gate blocks gives sigma(2 z_g) for g, turned into tanh(z_g) by one
+    ``2s - 1``; one sigmoid call thus covers g together with its neighbouring blocks.  The
+    scaling stays inside the forward: ``acts.gates`` holds g_t = tanh(z_g) of the *unscaled*
+    z_g, and the backward differentiates w.r.t. the unscaled z with the unscaled weights.
+    """
     steps, batch, _ = x.shape
     hidden = h0.shape[-1]
-    # Pre-activations of the candidate gate are doubled so that one sigmoid
-    # gives tanh via 2*sigmoid(2z) - 1 (see ``_StepOps``).
     scale = x.new_ones(w_ih.shape[0], 1)
     block = cell.candidate_block
     scale[block * hidden : (block + 1) * hidden] = 2
@@ -297,7 +340,7 @@ def _run_forward(
     first = steps if reverse else 0
     acts.hs[first].copy_(h0)
     acts.cs[first].copy_(c0)
-    cell.run_steps(acts, w_hh_t, peephole, _StepOps(x, reverse))
+    cell.run_steps(acts, w_hh_t, peephole, reverse)
     return acts
 
 
@@ -314,20 +357,25 @@ def _backward_through_time(
     cell: _Cell,
     reverse: bool,
     acts: _Activations,
-    coef: _BackwardCoefficients,
+    derivs: _CellDerivatives,
     w_hh: Tensor,
     grad_out: Tensor | None,
     grad_hn: Tensor | None,
     grad_cn: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Return (dz for every step (T, B, G*H), grad h0, grad c0)."""
+    """The backward loop of the cell docstrings.  Returns (dz (T, B, G*H), dL/dh0, dL/dc0).
+
+    ``dz`` is w.r.t. the unscaled pre-activations z (see ``_run_forward``), hence the
+    unscaled ``w_hh`` for dh_{t-1} here and in the weight gradients.
+    """
     steps, batch, _ = acts.gates.shape
     hidden = acts.hs.shape[-1]
-    n_lead = cell.lead_blocks
+    n_cell = cell.cell_gate_count
 
-    # dh in the same slot layout as ``hs``: output gradients sit in the
-    # "current" slots and every step adds its recurrent contribution into the
-    # "previous" slot, which for the first step is the gradient of h0.
+    # dh in the same slot layout as ``hs``: output gradients sit in the "current" slots and
+    # each step adds dz @ W_hh into its "previous" slot.  The previous slot of one step is the
+    # current slot of the step processed next, so dh[k] below already holds the recurrent
+    # part when step k is reached; the previous slot of the last step processed is dL/dh0.
     dh_all = acts.hs.new_zeros(acts.hs.shape)
     dh_prev_slots, dh_cur_slots = _prev_and_current(dh_all, reverse)
     if grad_out is not None:
@@ -340,47 +388,47 @@ def _backward_through_time(
         if grad_cn is not None
         else acts.cs.new_zeros(acts.cs.shape[1:])
     )
+    # A view of dc broadcast over the cell-gate axis of dc_dz.  It stays current only
+    # because the loop updates dc in place (addcmul_, mul_): never rebind dc below.
     dc_bcast = dc.unsqueeze(1)
 
     dz = acts.gates.new_empty(acts.gates.shape)
-    dz_lead = dz[..., : n_lead * hidden].view(steps, batch, n_lead, hidden)
+    dz_cell = dz[..., : n_cell * hidden].view(steps, batch, n_cell, hidden)
 
-    def backward_order(buffer: Tensor) -> Sequence[Tensor]:
-        return _in_order(buffer, not reverse)
-
-    dh = backward_order(dh_cur_slots)
-    dh_prev = backward_order(dh_prev_slots)
-    dz_steps = backward_order(dz)
-    dz_lead_steps = backward_order(dz_lead)
-    dz_out_steps = backward_order(dz[..., n_lead * hidden :])
-    lead = backward_order(coef.lead)
-    out_gate = backward_order(coef.out_gate)
-    cell_from_h = backward_order(coef.cell_from_h)
-    decay = backward_order(coef.decay)
+    order = partial(_in_order, reverse=not reverse)
+    dh = order(dh_cur_slots)
+    dh_prev = order(dh_prev_slots)
+    dz_steps = order(dz)
+    dz_cell_steps = order(dz_cell)
+    dz_o_steps = order(dz[..., n_cell * hidden :])
+    dc_dz, dh_dzo, dh_dc, dc_dcprev = (order(t) for t in derivs)
     for k in range(steps):
-        torch.mul(dh[k], out_gate[k], out=dz_out_steps[k])
-        dc.addcmul_(dh[k], cell_from_h[k])
-        torch.mul(lead[k], dc_bcast, out=dz_lead_steps[k])
-        dc.mul_(decay[k])
+        torch.mul(dh[k], dh_dzo[k], out=dz_o_steps[k])
+        dc.addcmul_(dh[k], dh_dc[k])  # dc is now the full dL/dc_t
+        torch.mul(dc_dz[k], dc_bcast, out=dz_cell_steps[k])
+        dc.mul_(dc_dcprev[k])  # dc is now dL/dc_{t-1} through this step
         dh_prev[k].addmm_(dz_steps[k], w_hh)
     first = steps if reverse else 0
     return dz, dh_all[first], dc
 
 
-def _input_grad(dz_flat: Tensor, weight: Tensor) -> Tensor:
-    """dz @ W.  With few input features BLAS measured 2x faster when the
-    skinny right operand is column-major; no difference for wide inputs."""
-    return dz_flat @ weight.t().contiguous().t()
-
-
 def _weight_grad(dz_flat: Tensor, inputs_flat: Tensor) -> Tensor:
-    """dz^T @ inputs, computed as (inputs^T @ dz)^T: measured 5x faster with
-    few input features and no slower otherwise."""
+    """dz^T @ inputs, computed as (inputs^T @ dz)^T.
+
+    ``benchmarks/bench_kernel_choices.py`` measured this order faster for both weights at the
+    two larger benchmark shapes and for W_hh at the third, and about a microsecond slower
+    for W_ih at the third (one input feature).
+    """
     return (inputs_flat.t() @ dz_flat).t()
 
 
 class _FusedLayer(torch.autograd.Function):
-    """One layer and direction of a peephole or coupled LSTM, time-major."""
+    """One layer and direction of a peephole or coupled LSTM, time-major.
+
+    forward: ``_run_forward`` (the cell's forward equations).  backward: the cell's
+    ``derivatives``, then ``_backward_through_time`` for dz, dh0, dc0, then matmuls of dz for
+    the input and weight gradients.
+    """
 
     @staticmethod
     def forward(ctx, cell, reverse, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peephole):
@@ -395,35 +443,37 @@ class _FusedLayer(torch.autograd.Function):
     def backward(ctx, grad_out, grad_hn, grad_cn):
         cell, reverse = ctx.cell, ctx.reverse
         x, w_ih, w_hh, peephole, *saved = ctx.saved_tensors
+        # One flag per argument of forward; cell and reverse are not tensors.
+        flags = ctx.needs_input_grad[2:]
+        need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, need_p = flags
         acts = _Activations(*saved)
-        coef = cell.coefficients(acts, peephole, reverse)
+        derivatives = cell.derivatives(acts, peephole, reverse)
         dz, grad_h0, grad_c0 = _backward_through_time(
-            cell, reverse, acts, coef, w_hh, grad_out, grad_hn, grad_cn
+            cell, reverse, acts, derivatives, w_hh, grad_out, grad_hn, grad_cn
         )
 
         steps, batch, n_inputs = x.shape
         dz_flat = dz.view(steps * batch, -1)
-        need = ctx.needs_input_grad
-        grad_x = _input_grad(dz_flat, w_ih).view(steps, batch, n_inputs) if need[2] else None
-        grad_w_ih = _weight_grad(dz_flat, x.reshape(steps * batch, n_inputs)) if need[5] else None
+        grad_x = (dz_flat @ w_ih).view(steps, batch, n_inputs) if need_x else None
+        grad_w_ih = _weight_grad(dz_flat, x.reshape(steps * batch, n_inputs)) if need_w_ih else None
         grad_w_hh = None
-        if need[6]:
+        if need_w_hh:
             h_prev, _ = _prev_and_current(acts.hs, reverse)
             grad_w_hh = _weight_grad(dz_flat, h_prev.reshape(steps * batch, -1))
-        grad_bias = dz_flat.sum(0) if need[7] or need[8] else None
-        grad_peephole = cell.peephole_grad(dz, acts, reverse) if need[9] else None
+        # Both biases are added to z unchanged, so both gradients are sum(dz).
+        grad_bias = dz_flat.sum(0) if need_b_ih or need_b_hh else None
         return (
             None,
             None,
             grad_x,
-            grad_h0 if need[3] else None,
-            grad_c0 if need[4] else None,
+            grad_h0 if need_h0 else None,
+            grad_c0 if need_c0 else None,
             grad_w_ih,
             grad_w_hh,
-            grad_bias if need[7] else None,
+            grad_bias if need_b_ih else None,
             # A separate tensor, so that the two .grad buffers never alias.
-            grad_bias.clone() if need[8] else None,
-            grad_peephole,
+            grad_bias.clone() if need_b_hh else None,
+            cell.peephole_grad(dz, acts, reverse) if need_p else None,
         )
 
 
@@ -479,9 +529,9 @@ class _FusedLSTMBase(nn.Module):
     def reset_parameters(self) -> None:
         """Uniform(-1/sqrt(H), 1/sqrt(H)) like ``nn.LSTM``; peepholes start at zero.
 
-        Zero peepholes make a freshly initialised PeepholeLSTM behave exactly like
-        an ``nn.LSTM`` with the same gate weights; training moves them away from
-        zero because their gradient is not zero.
+        Zero peepholes make a freshly initialised PeepholeLSTM compute the same function as an
+        ``nn.LSTM`` with the same gate weights; their gradient is not zero, so training moves
+        them.
         """
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name, param in self.named_parameters():
@@ -597,21 +647,40 @@ class _FusedLSTMBase(nn.Module):
 
 
 class PeepholeLSTM(_FusedLSTMBase):
-    """Peephole LSTM (Gers & Schmidhuber 2000) with diagonal peepholes.
+    r"""Peephole LSTM (Gers & Schmidhuber 2000) with diagonal peepholes.
+
+    For each element of the input sequence each layer computes::
+
+        i_t = sigma(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi + p_i * c_{t-1})
+        f_t = sigma(W_if x_t + b_if + W_hf h_{t-1} + b_hf + p_f * c_{t-1})
+        g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)
+        c_t = f_t * c_{t-1} + i_t * g_t
+        o_t = sigma(W_io x_t + b_io + W_ho h_{t-1} + b_ho + p_o * c_t)
+        h_t = o_t * tanh(c_t)
+
+    where ``*`` is the elementwise product and the output gate looks at the new cell state.
 
     Parameters per layer ``k`` and direction suffix (``""``/``"_reverse"``), as in
-    ``nn.LSTM``: ``weight_ih_l{k}`` (4H, in), ``weight_hh_l{k}`` (4H, H),
-    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,), gate order i, f, g, o; plus
-    ``weight_peephole_l{k}`` (3, H) with rows p_i, p_f, p_o.
+    ``nn.LSTM``: ``weight_ih_l{k}`` (4H, in) = [W_ii | W_if | W_ig | W_io],
+    ``weight_hh_l{k}`` (4H, H), ``bias_ih_l{k}``, ``bias_hh_l{k}`` (4H,); plus
+    ``weight_peephole_l{k}`` (3, H) with rows p_i, p_f, p_o, initialised to zero.
     """
 
     _cell = _PeepholeCell
 
 
 class CoupledLSTM(_FusedLSTMBase):
-    """Coupled input-forget gate LSTM: i = 1 - f, no peepholes.
+    r"""Coupled input-forget gate (CIFG) LSTM: the input gate is 1 - f_t, no peepholes.
 
-    Same parameter names as ``nn.LSTM`` with three gate blocks in order f, g, o:
+    For each element of the input sequence each layer computes::
+
+        f_t = sigma(W_if x_t + b_if + W_hf h_{t-1} + b_hf)
+        g_t = tanh(W_ig x_t + b_ig + W_hg h_{t-1} + b_hg)
+        c_t = f_t * c_{t-1} + (1 - f_t) * g_t
+        o_t = sigma(W_io x_t + b_io + W_ho h_{t-1} + b_ho)
+        h_t = o_t * tanh(c_t)
+
+    Parameter names as in ``nn.LSTM`` but with three gate blocks in order f, g, o:
     ``weight_ih_l{k}`` (3H, in), ``weight_hh_l{k}`` (3H, H), biases (3H,).
     """
 

@@ -7,8 +7,8 @@ from torch import nn
 
 
 def last_hidden(outputs: torch.Tensor, num_directions: int) -> torch.Tensor:
-    """Summary of a window: the forward direction's last step and, if bidirectional,
-    the reverse direction's last step (which sits at t=0)."""
+    """Summary of a window, (batch, time, features) -> (batch, features): the forward direction's
+    last step and, if bidirectional, the reverse direction's last step (which sits at t=0)."""
     if num_directions == 1:
         return outputs[:, -1]
     hidden = outputs.shape[-1] // 2
@@ -16,30 +16,40 @@ def last_hidden(outputs: torch.Tensor, num_directions: int) -> torch.Tensor:
 
 
 class SequenceHead(nn.Module):
-    """Many-to-many: one prediction per input step."""
+    """Many-to-many: one prediction per input step.
+
+    Args:
+        in_features: features per step of the backbone's outputs.
+        n_targets: values predicted per step.
+    """
 
     def __init__(self, in_features: int, n_targets: int) -> None:
         super().__init__()
         self.proj = nn.Linear(in_features, n_targets)
 
-    def forward(self, outputs: torch.Tensor, num_directions: int) -> torch.Tensor:
+    def forward(self, outputs: torch.Tensor) -> torch.Tensor:
+        # (batch, time, in_features) -> (batch, time, n_targets)
         return self.proj(outputs)
 
 
 class ForecastHead(nn.Module):
-    """Many-to-one / direct multi-step: `horizon` future values from the window summary."""
+    """Many-to-one / direct multi-step: `horizon` future values from the window summary.
 
-    def __init__(self, in_features: int, n_targets: int, horizon: int) -> None:
+    Args:
+        in_features: features per step of the backbone's outputs.
+        num_directions: the backbone's directions; a bidirectional summary takes the reverse
+            direction's features from t=0, where that direction has read the whole window.
+        n_targets: values predicted per horizon step.
+        horizon: future steps predicted at once.
+    """
+
+    def __init__(self, in_features: int, num_directions: int, n_targets: int,
+                 horizon: int) -> None:
         super().__init__()
-        self.horizon, self.n_targets = horizon, n_targets
+        self.num_directions, self.horizon, self.n_targets = num_directions, horizon, n_targets
         self.proj = nn.Linear(in_features, horizon * n_targets)
 
-    def forward(self, outputs: torch.Tensor, num_directions: int) -> torch.Tensor:
-        summary = last_hidden(outputs, num_directions)
+    def forward(self, outputs: torch.Tensor) -> torch.Tensor:
+        # (batch, time, in_features) -> (batch, in_features) -> (batch, horizon, n_targets)
+        summary = last_hidden(outputs, self.num_directions)
         return self.proj(summary).view(-1, self.horizon, self.n_targets)
-
-
-def build_head(mode: str, in_features: int, n_targets: int, horizon: int) -> nn.Module:
-    if mode == "sequence":
-        return SequenceHead(in_features, n_targets)
-    return ForecastHead(in_features, n_targets, horizon)

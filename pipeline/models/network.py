@@ -10,17 +10,34 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from pipeline.errors import require
-from pipeline.models.heads import build_head
-from pipeline.models.registry import build_backbone
+from pipeline.models.backbones import Backbone, State, build_backbone
+from pipeline.models.heads import ForecastHead, SequenceHead
 from pipeline.models.seq2seq import Seq2SeqDecoder
-
-INIT_STATES = ("zeros", "learned")
-TASKS = ("regression", "classification")
 
 
 @dataclass
 class NetworkSpec:
+    """Everything that rebuilds a Forecaster: JSON-able, logged beside the weights.
+
+    Args:
+        variant: a backbone of pipeline.models.backbones.BACKBONES, or "seq2seq".
+        inputs: input columns, in window order.
+        targets: target columns, in prediction order.
+        lookback: input steps per window.
+        horizon: future steps predicted (forecast mode).
+        mode: "sequence" (one prediction per input step) or "forecast" (`horizon` steps after
+            the window).
+        hidden_size: units per layer and direction.
+        num_layers: stacked recurrent layers.
+        dropout: dropout between stacked layers.
+        bidirectional: the backbone (seq2seq: the encoder) also reads the window backwards.
+        init_state: "zeros", or "learned" (a trained initial state shared by all windows).
+        task: "regression" (raw-scale values out) or "classification" (probabilities out).
+        cell: seq2seq only: the backbone variant of encoder and decoder (default lstm).
+        x_scaler: {"center": [...], "scale": [...]} per input column; identity if empty.
+        y_scaler: the same per target column.
+    """
+
     variant: str
     inputs: list[str]
     targets: list[str]
@@ -33,7 +50,7 @@ class NetworkSpec:
     bidirectional: bool = False
     init_state: str = "zeros"
     task: str = "regression"
-    cell: str | None = None  # seq2seq: the recurrent cell of encoder and decoder
+    cell: str | None = None
     x_scaler: dict = field(default_factory=dict)
     y_scaler: dict = field(default_factory=dict)
 
@@ -72,41 +89,43 @@ class LearnedInitialState(nn.Module):
         self.h0 = nn.Parameter(torch.zeros(layers_x_directions, 1, hidden_size))
         self.c0 = nn.Parameter(torch.zeros(layers_x_directions, 1, hidden_size)) if with_cell else None
 
-    def forward(self, batch: int):
+    def forward(self, batch: int) -> State:
+        # (layers * directions, 1, hidden) -> (layers * directions, batch, hidden)
         h0 = self.h0.expand(-1, batch, -1).contiguous()
         if self.c0 is None:
             return h0
         return h0, self.c0.expand(-1, batch, -1).contiguous()
 
 
-def _validate(spec: NetworkSpec) -> None:
-    require(spec.init_state in INIT_STATES, "model.init_state", spec.init_state,
-            f"must be one of {', '.join(INIT_STATES)}")
-    require(spec.task in TASKS, "data.task", spec.task, f"must be one of {', '.join(TASKS)}")
+def _build_head(spec: NetworkSpec, backbone: Backbone) -> nn.Module:
     if spec.is_seq2seq:
-        require(spec.mode == "forecast", "model.name", "seq2seq",
-                "needs a forecasting data config (data.mode=forecast), not a per-step sequence task")
-        require(spec.cell != "seq2seq", "model.cell", spec.cell, "must be a recurrent cell, e.g. lstm or gru")
+        return Seq2SeqDecoder(spec.backbone_variant, len(spec.targets), spec.hidden_size,
+                              spec.num_layers, spec.dropout, backbone.num_directions, spec.horizon)
+    if spec.mode == "sequence":
+        return SequenceHead(backbone.output_size, len(spec.targets))
+    return ForecastHead(backbone.output_size, backbone.num_directions, len(spec.targets),
+                        spec.horizon)
 
 
 class Forecaster(nn.Module):
-    """forward() works in scaled space (training); predict_raw() takes and returns raw values."""
+    """Scalers + backbone + head. forward() works in scaled space (training); predict_raw()
+    takes and returns raw values.
+
+    Args:
+        spec: the architecture and scalers (see NetworkSpec). Its values are not checked here:
+            pipeline.config checks the config a spec is built from.
+    """
 
     def __init__(self, spec: NetworkSpec) -> None:
         super().__init__()
-        _validate(spec)
         self.spec = spec
         self.backbone = build_backbone(spec.backbone_variant, len(spec.inputs), spec.hidden_size,
                                        spec.num_layers, spec.dropout, spec.bidirectional)
-        directions = self.backbone.num_directions
-        self.initial_state = (LearnedInitialState(spec.num_layers * directions, spec.hidden_size,
-                                                  self.backbone.carries_cell_state)
-                              if spec.init_state == "learned" else None)
-        if spec.is_seq2seq:
-            self.head = Seq2SeqDecoder(spec.backbone_variant, len(spec.targets), spec.hidden_size,
-                                       spec.num_layers, spec.dropout, directions)
-        else:
-            self.head = build_head(spec.mode, self.backbone.output_size, len(spec.targets), spec.horizon)
+        self.initial_state = (
+            LearnedInitialState(spec.num_layers * self.backbone.num_directions, spec.hidden_size,
+                                self.backbone.carries_cell_state)
+            if spec.init_state == "learned" else None)
+        self.head = _build_head(spec, self.backbone)
         # Where each target sits among the inputs: seq2seq starts decoding from its last value.
         self._target_columns = [spec.inputs.index(t) for t in spec.targets if t in spec.inputs]
         for prefix, scaler, width in (("x", spec.x_scaler, len(spec.inputs)),
@@ -123,12 +142,16 @@ class Forecaster(nn.Module):
 
     def forward(self, x: torch.Tensor, teacher: torch.Tensor | None = None,
                 teacher_forcing: float = 0.0) -> torch.Tensor:
-        """Scaled windows -> scaled predictions (regression) or logits (classification)."""
+        """Scaled windows (batch, lookback, inputs) -> scaled predictions (regression) or logits
+        (classification), (batch, steps, targets): steps = lookback (sequence) or horizon.
+
+        teacher (batch, horizon, targets), scaled, and teacher_forcing only apply to seq2seq.
+        """
         state = self.initial_state(len(x)) if self.initial_state is not None else None
-        outputs, final = self.backbone(x, state)
+        outputs, final = self.backbone(x, state)  # outputs: (batch, lookback, output_size)
         if self.spec.is_seq2seq:
-            return self.head(final, self._last_targets(x), self.spec.horizon, teacher, teacher_forcing)
-        return self.head(outputs, self.backbone.num_directions)
+            return self.head(final, self._last_targets(x), teacher, teacher_forcing)
+        return self.head(outputs)
 
     def to_output(self, y: torch.Tensor) -> torch.Tensor:
         """Network output -> what users read: raw-scale values, or probabilities for classes."""

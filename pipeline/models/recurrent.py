@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from pipeline.models.registry import register_backbone
-
 
 class _TorchRecurrentMixin:
     """batch_first everywhere; dropout only between stacked layers (torch warns otherwise)."""
@@ -27,22 +25,20 @@ class _TorchRecurrentMixin:
         return self.hidden_size * self.num_directions
 
 
-@register_backbone("lstm")
 class LSTMBackbone(_TorchRecurrentMixin, nn.LSTM):
     carries_cell_state = True
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  dropout: float = 0.0, bidirectional: bool = False) -> None:
         self._init_torch(nn.LSTM, input_size, hidden_size, num_layers, dropout, bidirectional)
 
 
-@register_backbone("gru")
 class GRUBackbone(_TorchRecurrentMixin, nn.GRU):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  dropout: float = 0.0, bidirectional: bool = False) -> None:
         self._init_torch(nn.GRU, input_size, hidden_size, num_layers, dropout, bidirectional)
 
 
-@register_backbone("rnn")
 class RNNBackbone(_TorchRecurrentMixin, nn.RNN):
     """Elman RNN with tanh."""
 

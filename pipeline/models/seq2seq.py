@@ -1,4 +1,4 @@
-"""Encoder-decoder for multi-step horizons, over any registered recurrent cell.
+"""Encoder-decoder for multi-step horizons, over any backbone of the table.
 
 The encoder reads the window; its final state seeds a decoder that emits one step at a time,
 fed either the true previous value (teacher forcing, training only, per sample with probability
@@ -10,22 +10,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.models.registry import build_backbone
-
-State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+from pipeline.models.backbones import State, build_backbone
 
 
 class Seq2SeqDecoder(nn.Module):
-    def __init__(self, cell: str, n_targets: int, hidden_size: int, num_layers: int,
-                 dropout: float, encoder_directions: int) -> None:
+    """A unidirectional stacked backbone of the encoder's variant, unrolled one step at a time.
+
+    Args:
+        variant: the backbone variant of encoder and decoder (model.cell).
+        n_targets: values fed in and predicted per step.
+        hidden_size: units per layer; the same as the encoder's, whose final state it starts from.
+        num_layers: stacked layers, as many as the encoder's.
+        dropout: dropout between stacked layers.
+        encoder_directions: 2 when the encoder is bidirectional; its two final states per layer
+            are then merged into one through a learned bridge.
+        horizon: future steps decoded.
+    """
+
+    def __init__(self, variant: str, n_targets: int, hidden_size: int, num_layers: int,
+                 dropout: float, encoder_directions: int, horizon: int) -> None:
         super().__init__()
-        self.cell = build_backbone(cell, n_targets, hidden_size, num_layers, dropout, False)
-        self.num_layers, self.hidden_size = num_layers, hidden_size
-        # A bidirectional encoder's two final states per layer are merged into one decoder state.
+        self.backbone = build_backbone(variant, n_targets, hidden_size, num_layers, dropout,
+                                       bidirectional=False)
+        self.num_layers, self.hidden_size, self.horizon = num_layers, hidden_size, horizon
         self.bridge = nn.Linear(2 * hidden_size, hidden_size) if encoder_directions == 2 else None
         self.proj = nn.Linear(hidden_size, n_targets)
 
     def _merge(self, state: torch.Tensor) -> torch.Tensor:
+        # (layers * 2, batch, hidden) -> (layers, batch, 2 * hidden) -> (layers, batch, hidden)
         if self.bridge is None:
             return state
         batch = state.shape[1]
@@ -37,15 +49,17 @@ class Seq2SeqDecoder(nn.Module):
             return tuple(self._merge(s).contiguous() for s in state)
         return self._merge(state).contiguous()
 
-    def forward(self, state: State, first_input: torch.Tensor, horizon: int,
+    def forward(self, state: State, first_input: torch.Tensor,
                 teacher: torch.Tensor | None = None, teacher_forcing: float = 0.0) -> torch.Tensor:
-        """first_input: (batch, targets) last observed values; returns (batch, horizon, targets)."""
+        """The encoder's final state and first_input (batch, n_targets), the last observed
+        values, -> (batch, horizon, n_targets); teacher (batch, horizon, n_targets) is the truth
+        fed back with probability teacher_forcing."""
         state = self.bridge_state(state)
-        step_input = first_input[:, None, :]
+        step_input = first_input[:, None, :]  # (batch, 1, n_targets)
         outputs = []
-        for step in range(horizon):
-            out, state = self.cell(step_input, state)
-            prediction = self.proj(out)
+        for step in range(self.horizon):
+            out, state = self.backbone(step_input, state)
+            prediction = self.proj(out)  # (batch, 1, n_targets)
             outputs.append(prediction)
             step_input = prediction
             if teacher is not None and teacher_forcing > 0:

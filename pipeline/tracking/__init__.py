@@ -1,1 +1,2 @@
-"""MLflow: run setup, artifacts and plots, the pyfunc model, registry and promotion."""
+"""MLflow: the store (store.py: the one way to reach it), run setup and its end (run.py), the
+buffered logger, checkpoints, artifacts and plots, the pyfunc model, and promotion (champion.py)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 import pipeline
 from pipeline.models.network import Forecaster, NetworkSpec
@@ -33,16 +36,35 @@ def load_network(spec_path: str | Path, weights_path: str | Path) -> Forecaster:
     return net.eval()
 
 
-def forecast_frame(net: Forecaster, recent: pd.DataFrame) -> pd.DataFrame:
-    """The last `lookback` rows of the input columns -> a frame of raw-scale predictions."""
+def bad_request(message: str) -> MlflowException:
+    """MLflow's invalid-parameter error: its scoring server answers it as HTTP 400, one line."""
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def recent_window(net: Forecaster, recent: pd.DataFrame) -> torch.Tensor:
+    """The last `lookback` rows of the input columns, checked: a bad request names what is wrong."""
     spec = net.spec
     missing = [c for c in spec.inputs if c not in recent.columns]
     if missing:
-        raise ValueError(f"input is missing column(s) {missing}; expected {spec.inputs}")
+        raise bad_request(f"input is missing column(s) {missing}; expected {spec.inputs}")
     if len(recent) < spec.lookback:
-        raise ValueError(f"input has {len(recent)} rows; the model needs the last {spec.lookback}")
-    window = torch.tensor(recent[spec.inputs].to_numpy(dtype=np.float32)[-spec.lookback:])
-    pred = net.predict_raw(window[None])[0].numpy().astype(np.float64)
+        raise bad_request(f"input has {len(recent)} rows; the model needs the last {spec.lookback}")
+    rows = recent[spec.inputs].iloc[-spec.lookback:]
+    try:
+        values = rows.to_numpy(dtype=np.float32)
+    except (TypeError, ValueError):
+        raise bad_request(f"input columns {spec.inputs} must hold numbers") from None
+    if not np.isfinite(values).all():
+        column = spec.inputs[int(np.flatnonzero(~np.isfinite(values).all(axis=0))[0])]
+        raise bad_request(f"input column {column!r} has NaN or infinite values in the last "
+                          f"{spec.lookback} rows; send observed values only")
+    return torch.from_numpy(values)
+
+
+def forecast_frame(net: Forecaster, recent: pd.DataFrame) -> pd.DataFrame:
+    """The last `lookback` rows of the input columns -> a frame of raw-scale predictions."""
+    spec = net.spec
+    pred = net.predict_raw(recent_window(net, recent)[None])[0].numpy().astype(np.float64)
     out = pd.DataFrame(pred, columns=spec.targets)
     out.insert(0, "step", np.arange(1, len(out) + 1) if spec.mode == "forecast" else np.arange(len(out)))
     return out
@@ -70,8 +92,11 @@ def _requirements() -> list[str]:
             f"mlflow=={mlflow.__version__}"]
 
 
-def log_forecaster(net: Forecaster, input_example: pd.DataFrame, registered_model: str | None) -> LoggedModel:
-    """Log the pyfunc model into the active run and, if named, register a new version."""
+def log_forecaster(handle, net: Forecaster, input_example: pd.DataFrame,
+                   registered_model: str | None) -> LoggedModel:
+    """Log the pyfunc model into the run of `handle` (a run.RunHandle) and, if named, register a
+    new version, in the run's own store. A tracking server that is away is waited for (the whole
+    logging is sent again: at worst an unregistered copy of the model is left in the run)."""
     net = net.cpu().eval()
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, weights_path = Path(tmp, "spec.json"), Path(tmp, "weights.pt")
@@ -85,16 +110,42 @@ def log_forecaster(net: Forecaster, input_example: pd.DataFrame, registered_mode
             # The integer `step` column is never missing; MLflow's generic hint does not apply.
             warnings.filterwarnings("ignore", ".*Inferred schema contains integer column.*")
             signature = infer_signature(input_example, output_example)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(Path(code) / "tracking" / "pyfunc_entry.py"),
-            artifacts={"spec": str(spec_path), "weights": str(weights_path)},
-            code_paths=[str(code)],
-            signature=signature,
-            input_example=input_example,
-            pip_requirements=_requirements(),
-            registered_model_name=registered_model,
-        )
+
+        def log_model():
+            # mlflow.pyfunc.log_model exists in fluent form only: the run is made active in its store.
+            with handle.active():
+                return mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(Path(code) / "tracking" / "pyfunc_entry.py"),
+                    artifacts={"spec": str(spec_path), "weights": str(weights_path)},
+                    code_paths=[str(code)],
+                    signature=signature,
+                    input_example=input_example,
+                    pip_requirements=_requirements(),
+                    registered_model_name=registered_model,
+                )
+
+        info = handle.store.outage.call(log_model)
     version_number = getattr(info, "registered_model_version", None)
     return LoggedModel(model_uri=info.model_uri, name=registered_model,
                        version=str(version_number) if version_number is not None else None)
+
+
+def load_registered_network(store, name: str, version: str | int) -> Forecaster:
+    """The network of version `version` of registered model `name` in `store` (a store.Store).
+
+    The version's artifact location comes from the store's own client and is downloaded with
+    the store's URI given explicitly: MLflow's process-global tracking URI plays no part (a
+    `models:/` URI would be resolved against it, whatever registry_uri says). The import path is
+    left as it was (loading a model with code_paths prepends its code directory to sys.path).
+    """
+    location = store.client.get_model_version_download_uri(name, str(version))
+    with tempfile.TemporaryDirectory(prefix="model-") as tmp:
+        local = store.outage.call(mlflow.artifacts.download_artifacts, artifact_uri=location,
+                                  dst_path=tmp, tracking_uri=store.mlflow_uri)
+        saved_path = list(sys.path)
+        try:
+            model = mlflow.pyfunc.load_model(local)
+        finally:
+            sys.path[:] = saved_path
+    return model.unwrap_python_model().net

@@ -1,83 +1,77 @@
-"""Run setup: tracking URI, reachability, experiment, the run itself and its params and tags."""
+"""The run: opened (or reopened to resume) in a Store, with its params and tags, and closed by
+`run_guard` with the status that says what happened."""
 
 from __future__ import annotations
 
+import logging
 import platform
-import re
 import secrets as random_ids
+import signal
 import subprocess
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import requests
-from mlflow.tracking import MlflowClient
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
-from pipeline.errors import TrackingError
-from pipeline.tracking.secrets import redact
+from pipeline.errors import TrackingError, TrainingInterrupted
+from pipeline.secrets import redact, scrub_text
+from pipeline.tracking.store import ServerLost, Store
 
-# MLflow caps a param value at 6000 characters; longer values are cut rather than failing the run.
-_PARAM_LIMIT = 6000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RunHandle:
-    client: MlflowClient
+    store: Store
     run_id: str
     run_name: str
     experiment_id: str
     experiment_name: str
-    tracking_uri: str
+
+    @property
+    def client(self):
+        return self.store.client
+
+    @property
+    def tracking_uri(self) -> str:
+        """The store's URI without credentials: fit for console lines and summaries."""
+        return self.store.public_uri
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """This run as MLflow's active run, in its store, for the calls that exist only in fluent
+        form (mlflow.log_input, mlflow.pyfunc.log_model). The run stays RUNNING afterwards:
+        its final status is run_guard's to set."""
+        with self.store.fluent():
+            mlflow.start_run(run_id=self.run_id, nested=mlflow.active_run() is not None)
+            try:
+                yield
+            finally:
+                mlflow.end_run(status="RUNNING")
 
 
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, before any training, when a tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
-    except requests.RequestException as exc:
-        raise TrackingError(
-            f"tracking server {uri} is unreachable ({type(exc).__name__}); start it (make server) "
-            "or point tracking.uri / MLFLOW_TRACKING_URI at a running one"
-        ) from None
-
-
-def _artifact_location(artifact_root: str | None, uri: str, experiment: str) -> str | None:
-    # A server decides artifact locations itself; a local store keeps them in ./mlartifacts/<experiment>.
-    if artifact_root is None or uri.startswith(("http://", "https://", "databricks")):
-        return None
-    folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)
-    return (Path(artifact_root).resolve() / folder).as_uri()
-
-
-def ensure_experiment(client: MlflowClient, name: str, artifact_root: str | None, uri: str) -> str:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return client.create_experiment(name, artifact_location=_artifact_location(artifact_root, uri, name))
-    except mlflow.exceptions.MlflowException:
-        # Another process created it between our lookup and create.
-        return client.get_experiment_by_name(name).experiment_id
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
+            flat.update(flatten(value, f"{name}{sep}", sep))
         else:
             flat[name] = value
     return flat
 
 
 def params_from_config(config: Mapping[str, Any]) -> dict[str, str]:
-    return {k: str(v)[:_PARAM_LIMIT] for k, v in flatten(redact(config)).items()}
+    # A value longer than MLflow accepts is cut rather than failing the run.
+    return {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in flatten(redact(config)).items()}
 
 
 def git_commit() -> str:
@@ -101,41 +95,40 @@ def run_name_for(variant: str, data_name: str) -> str:
     return f"{variant}-{data_name}-{random_ids.token_hex(3)}"
 
 
-def open_run(uri: str, experiment: str, artifact_root: str | None, run_name: str,
-             tags: Mapping[str, str], config: Mapping[str, Any]) -> RunHandle:
+def _first_line(exc: MlflowException) -> str:
+    return scrub_text(exc.message.splitlines()[0])
+
+
+def open_run(store: Store, experiment: str, run_name: str, tags: Mapping[str, str],
+             config: Mapping[str, Any]) -> RunHandle:
     """Create the run (status RUNNING) with params and tags; only global rank zero calls this."""
-    check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
     try:
-        experiment_id = ensure_experiment(client, experiment, artifact_root, uri)
-        run = client.create_run(experiment_id, run_name=run_name, tags=dict(redact(dict(tags))))
-    except mlflow.exceptions.MlflowException as exc:
-        raise TrackingError(f"cannot open a run in {uri}: {exc.message.splitlines()[0]}") from None
-    handle = RunHandle(client, run.info.run_id, run_name, experiment_id, experiment, uri)
-    log_params(client, handle.run_id, params_from_config(config))
+        experiment_id = store.experiment(experiment)
+        run = store.client.create_run(experiment_id, run_name=run_name, tags=dict(redact(dict(tags))))
+    except MlflowException as exc:
+        raise TrackingError(f"cannot open a run in {store.public_uri}: {_first_line(exc)}") from None
+    handle = RunHandle(store, run.info.run_id, run_name, experiment_id, experiment)
+    log_params(store.client, handle.run_id, params_from_config(config))
     return handle
 
 
-def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> None:
-    batch = [mlflow.entities.Param(k, v) for k, v in params.items()]
-    for start in range(0, len(batch), 100):  # log_batch takes at most 100 params per call
-        client.log_batch(run_id, params=batch[start:start + 100])
+def log_params(client, run_id: str, params: Mapping[str, str]) -> None:
+    batch = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(batch), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=batch[start:start + MAX_PARAMS_TAGS_PER_BATCH])
 
 
-def reopen_run(uri: str, run_id: str, config: Mapping[str, Any]) -> RunHandle:
+def reopen_run(store: Store, run_id: str, config: Mapping[str, Any]) -> RunHandle:
     """Continue an existing run (resume): RUNNING again, its params kept.
 
     MLflow params are immutable, so values that differ now (say a larger max_epochs) are
     recorded in the tag `resumed_with` rather than overwritten.
     """
-    check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = store.client
     try:
         run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise TrackingError(f"trainer.resume={run_id!r}: no such run in {uri}") from None
+    except MlflowException:
+        raise TrackingError(f"trainer.resume={run_id!r}: no such run in {store.public_uri}") from None
     client.update_run(run_id, status="RUNNING")
     params = params_from_config(config)
     old = run.data.params
@@ -144,22 +137,107 @@ def reopen_run(uri: str, run_id: str, config: Mapping[str, Any]) -> RunHandle:
     if changed:
         client.set_tag(run_id, "resumed_with", ", ".join(f"{k}={v}" for k, v in sorted(changed.items())))
     experiment = client.get_experiment(run.info.experiment_id)
-    return RunHandle(client, run_id, run.info.run_name, experiment.experiment_id, experiment.name, uri)
+    return RunHandle(store, run_id, run.info.run_name, experiment.experiment_id, experiment.name)
+
+
+# --- how a run ends ------------------------------------------------------------------------------
 
 
 @contextmanager
-def run_guard(handle: RunHandle | None):
-    """Never leave a run RUNNING: KILLED when stopped (Ctrl-C, SIGTERM: resumable), FAILED on
-    an error, FINISHED otherwise. A no-op on ranks other than zero (handle is None)."""
+def run_guard(handle: RunHandle | None, checkpoint_dir: str | Path | None = None):
+    """Never leave a run RUNNING, and say how to go on when it stops early:
+
+    - SIGTERM (a scheduler pre-empting the job) or Ctrl-C: KILLED, then TrainingInterrupted
+      "training stopped by SIGTERM; continue it with trainer.resume=<run id>";
+    - the tracking server lost for longer than tracking.retry_for_s: a TrackingError naming the
+      local checkpoint (in `checkpoint_dir`) to resume from once the server is back;
+    - any other error: FAILED, the error goes on;
+    - otherwise FINISHED.
+
+    Inside Lightning's fit, SIGTERM stops training at the next step (Lightning's own handler); the
+    guard makes SIGTERM stop the other stages too (test, publish). Buffered metrics are flushed
+    and last.ckpt mirrored by the logger and MlflowCheckpointMirror, which Lightning calls on
+    every way out of fit. On ranks other than zero (handle None) only the messages apply.
+    """
+    with _sigterm_raises():
+        try:
+            yield handle
+        except ServerLost as exc:
+            _end(handle, "KILLED")
+            raise TrackingError(_server_lost_message(exc, handle, checkpoint_dir)) from None
+        except BaseException as exc:
+            signal_name = _stop_signal(exc)
+            if signal_name is None:
+                _end(handle, "FAILED")
+                if handle is not None:
+                    log.error("run %s FAILED; once the cause is fixed, continue it with "
+                              "trainer.resume=%s", handle.run_id, _resume_target(handle, checkpoint_dir))
+                raise
+            _end(handle, "KILLED")
+            target = handle.run_id if handle else "<run id>"
+            raise TrainingInterrupted(f"training stopped by {signal_name}; continue it with "
+                                      f"trainer.resume={target}") from None
+    if handle is not None:
+        handle.client.set_terminated(handle.run_id, "FINISHED")
+
+
+def _stop_signal(exc: BaseException) -> str | None:
+    if isinstance(exc, SIGTERMException):
+        return "SIGTERM"
+    if isinstance(exc, KeyboardInterrupt):
+        return "SIGINT"
+    # Lightning answers Ctrl-C inside fit with sys.exit(1), raised while handling the interrupt.
+    if isinstance(exc, SystemExit) and isinstance(exc.__context__, KeyboardInterrupt):
+        return "SIGINT"
+    return None
+
+
+def _end(handle: RunHandle | None, status: str) -> None:
+    """Mark a run that stopped early; one try only (the process is on its way out, and the server
+    may be the reason), so a failure here is logged, never raised over the real reason."""
     if handle is None:
-        yield None
         return
+    store = handle.store
     try:
-        yield handle
-    except (KeyboardInterrupt, SystemExit):
-        handle.client.set_terminated(handle.run_id, "KILLED")
-        raise
-    except BaseException:
-        handle.client.set_terminated(handle.run_id, "FAILED")
-        raise
-    handle.client.set_terminated(handle.run_id, "FINISHED")
+        if not store.outage.attempt(store.raw_client.set_terminated, handle.run_id, status):
+            log.warning("run %s could not be marked %s: %s does not answer", handle.run_id, status,
+                        store.public_uri)
+    except Exception as exc:  # noqa: BLE001 - the original error is the one to report
+        log.warning("run %s could not be marked %s: %s", handle.run_id, status,
+                    scrub_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+
+
+def _resume_target(handle: RunHandle, checkpoint_dir) -> str:
+    """The local last.ckpt when there is one (it may be newer than the run's copy), else the run."""
+    last = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
+    return str(last) if last is not None and last.is_file() else handle.run_id
+
+
+def _server_lost_message(exc: ServerLost, handle: RunHandle | None, checkpoint_dir) -> str:
+    last = Path(checkpoint_dir) / "last.ckpt" if checkpoint_dir else None
+    if last is not None and last.is_file():
+        return (f"{exc}: training stopped; its last checkpoint is kept at {last}; once the server "
+                f"is back, continue it with trainer.resume={last}")
+    target = handle.run_id if handle else "<run id>"
+    return f"{exc}: training stopped before its first checkpoint; start it again, or once the " \
+           f"server is back continue it with trainer.resume={target}"
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While the guard is open, SIGTERM raises SIGTERMException wherever the process is. Inside
+    fit Lightning's own handler runs first and calls this one; there it does nothing, and
+    Lightning stops cleanly at the next step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame) -> None:
+        if signal.getsignal(signal.SIGTERM) is handler:
+            raise SIGTERMException()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -60,10 +60,6 @@ def source_info(name: str) -> SourceInfo:
     return SOURCES[name]
 
 
-def get_source(name: str) -> SourceFn:
-    return source_info(name).fn
-
-
 def _load_builtin_sources() -> None:
     # Imported here, not at the top, so `import pipeline.data` stays cheap; the tushare module
     # itself imports tushare (requests, lxml...) only when a stock fetch runs.

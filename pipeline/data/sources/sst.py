@@ -27,4 +27,4 @@ def wide_to_monthly(table: pd.DataFrame, column: str) -> pd.DataFrame:
 def elnino_sst(params: Mapping[str, Any]) -> pd.DataFrame:
     from statsmodels.datasets import elnino
 
-    return wide_to_monthly(elnino.load_pandas().data, params.get("column", "sst"))
+    return wide_to_monthly(elnino.load_pandas().data, params["column"])

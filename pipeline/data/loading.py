@@ -12,7 +12,6 @@ passed validation, so a bad reply never replaces a good cache.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,16 +19,15 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.config import DataConfig
 from pipeline.data import cache
 from pipeline.data.digest import frame_digest
 from pipeline.data.sources import SourceInfo, SourceUnavailable, source_info
-from pipeline.data.validation import Rules, require_columns, rules_from_config, validate
-from pipeline.errors import DataError
-
-__all__ = ["FetchResult", "dataset_for_mlflow", "fetch", "frame_digest", "require_columns"]
+from pipeline.data.validation import Rules, rules_from_config, validate
+from pipeline.errors import DataUnavailable
+from pipeline.secrets import redact
 
 log = logging.getLogger(__name__)
-DEFAULT_CACHE_DIR = "data_cache"
 
 
 @dataclass(frozen=True)
@@ -41,39 +39,30 @@ class FetchResult:
     cache_path: Path | None = None  # the Parquet file holding this data, for cached sources
     manifest: Mapping[str, Any] | None = None
     notice: str | None = None  # one line on why the data came from the cache, if it had to
+    label: str = ""  # how messages name the data: the source plus its file or code
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", self.source)
 
 
-def fetch(data_cfg: Mapping[str, Any]) -> FetchResult:
-    name = data_cfg["source"]
+def load_data(data: DataConfig) -> FetchResult:
+    """The source's frame (or its cache), validated; `data.params` are the source's checked params."""
+    name = data.source
     info = source_info(name)
-    params = plain_params(data_cfg.get("params"))
-    rules = rules_from_config(data_cfg, source_label(name, params))
+    params = dict(data.params)
+    rules = rules_from_config(data, source_label(name, params))
     if not info.cached:
         frame = validate(info.fn(params), rules)
-        return FetchResult(frame=frame, digest=frame_digest(frame), source=name)
-    slot = cache.cache_slot(data_cfg.get("cache_dir") or DEFAULT_CACHE_DIR, name, public_params(params))
-    return _fetch_cached(info, params, rules, slot, config_name=data_cfg.get("name", name),
-                         offline=bool(data_cfg.get("offline", False)),
-                         refresh=bool(data_cfg.get("refresh", False)))
-
-
-def plain(value: Any) -> Any:
-    """A config node (OmegaConf DictConfig/ListConfig) as plain dicts and lists."""
-    from omegaconf import Container, OmegaConf
-
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
-
-
-def plain_params(params: Any) -> dict[str, Any]:
-    """Source parameters as plain values, as the source receives them."""
-    return dict(plain(params) or {})
+        return FetchResult(frame=frame, digest=frame_digest(frame), source=name, label=rules.label)
+    slot = cache.cache_slot(data.cache_dir, name, public_params(params))
+    return _fetch_cached(info, params, rules, slot, config_name=data.name, offline=data.offline,
+                         refresh=data.refresh)
 
 
 def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Params as they may be hashed into cache names and written to manifests: anything named
     like a credential (or holding a secret's value) is replaced, whatever its value was."""
-    from pipeline.tracking.secrets import redact
-
     return redact(dict(params))
 
 
@@ -88,7 +77,7 @@ def _fetch_cached(info: SourceInfo, params: dict[str, Any], rules: Rules, slot: 
     cached, problem = _load_quietly(slot)
     if offline and info.network:
         if cached is None:
-            raise DataError(f"{rules.label}: data.offline=true but "
+            raise DataUnavailable(f"{rules.label}: data.offline=true but "
                             f"{problem or f'there is no cache at {slot.manifest_path}'}; "
                             f"{_fix_hint(None, config_name, slot)}")
         return _from_cache(cached, info, rules, _cache_notice(f"{rules.label}: data.offline=true", cached))
@@ -101,14 +90,15 @@ def _fetch_cached(info: SourceInfo, params: dict[str, Any], rules: Rules, slot: 
         raw = info.fn(params)
     except SourceUnavailable as exc:
         if cached is None:
-            raise DataError(f"{exc}; {problem or f'no cache at {slot.manifest_path}'}; "
+            raise DataUnavailable(f"{exc}; {problem or f'no cache at {slot.manifest_path}'}; "
                             f"{_fix_hint(info, config_name, slot)}") from None
         return _from_cache(cached, info, rules, _cache_notice(str(exc), cached))
     validate(raw, rules)  # before writing: a bad reply must not replace a good cache
     stored = cache.store(slot, raw, info.name, public_params(params))
     frame = validate(stored.frame, rules)
     log.debug("%s: fetched %d rows, cached in %s", rules.label, len(frame), stored.path)
-    return FetchResult(frame=frame, digest=frame_digest(frame), source=info.name, from_cache=False,
+    return FetchResult(frame=frame, digest=frame_digest(frame), source=info.name, label=rules.label,
+                       from_cache=False,
                        cache_path=stored.path, manifest=stored.manifest)
 
 
@@ -129,7 +119,7 @@ def _from_cache(cached: cache.CachedFrame, info: SourceInfo, rules: Rules,
     if notice:
         log.warning("%s", notice)
     frame = validate(cached.frame, rules)
-    return FetchResult(frame=frame, digest=frame_digest(frame), source=info.name,
+    return FetchResult(frame=frame, digest=frame_digest(frame), source=info.name, label=rules.label,
                        from_cache=True, cache_path=cached.path, manifest=cached.manifest,
                        notice=notice)
 
@@ -139,24 +129,3 @@ def _fix_hint(info: SourceInfo | None, config_name: str, slot: cache.CacheSlot) 
     return (f"to fix: {info.hint + ', ' if info and info.hint else ''}run `make fetch ARGS=\"data={config_name}\"` "
             f"where there is a network (it fills {slot.directory}/, which you can copy here), "
             "or train on your own file with data=csv")
-
-
-def dataset_for_mlflow(data: FetchResult | Any):
-    """The data as an mlflow.data dataset, named and digested by its content digest.
-
-    Takes a FetchResult or a PreparedData (anything with frame, digest, source and optionally
-    cache_path), so the tracking code can call, inside the run:
-        mlflow.log_input(dataset_for_mlflow(dm.prepared), context="training")
-    """
-    import mlflow.data
-
-    cache_path = getattr(data, "cache_path", None)
-    with warnings.catch_warnings():
-        # A local path matches two equivalent MLflow source types (either is right), and the
-        # integer sample/step columns draw a hint meant for model signatures: not for us.
-        warnings.simplefilter("ignore", UserWarning)
-        dataset = mlflow.data.from_pandas(
-            data.frame.reset_index(), name=f"{data.source}-{data.digest}", digest=data.digest,
-            source=str(Path(cache_path).resolve()) if cache_path else None)
-        dataset.schema  # noqa: B018 - computed (and cached) here, under the filter above
-    return dataset
