@@ -2,108 +2,150 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import os
 
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
-from pipeline.data.fetch import fetch, plain
+from pipeline.config import DataConfig
+from pipeline.data.loading import load_data
 from pipeline.data.prepare import PreparedData, prepare_samples, prepare_series
 from pipeline.data.windowing import SPLITS, Windows, WindowSpec
-from pipeline.errors import require
-
-__all__ = ["PreparedData", "SeriesDataModule", "build_datamodule", "prepare_from_config",
-           "prepare_samples", "prepare_series", "window_spec_from_config"]
-
-TASKS = ("regression", "classification")
 
 
-def _tensor_dataset(windows: Windows) -> TensorDataset:
-    # Copy the strided views once into contiguous float32 tensors the loader can index fast.
-    return TensorDataset(torch.tensor(windows.x, dtype=torch.float32),
-                         torch.tensor(windows.y, dtype=torch.float32))
+class WindowTensors(Dataset):
+    """One split's windows as two contiguous float32 tensors, served a whole batch at a time.
+
+    The loader hands `__getitems__` the batch's window indices (torch's batched-fetch protocol),
+    so a batch is one gather per tensor. A per-item dataset costs a lookup per window and a
+    collate that stacks them: on the default model that was a tenth of each training step.
+    """
+
+    def __init__(self, windows: Windows) -> None:
+        # Copy the strided views once into contiguous tensors that gathers can read fast.
+        self.x = torch.tensor(windows.x, dtype=torch.float32)
+        self.y = torch.tensor(windows.y, dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.y[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        return self.x.index_select(0, rows), self.y.index_select(0, rows)
 
 
-def _distributed_sampler(dataset: TensorDataset, split: str, shuffle: bool) -> Sampler | None:
-    """Under DDP (the Trainer runs with use_distributed_sampler=False): training windows are
-    split across ranks with padding, so every rank takes the same number of gradient steps;
-    evaluation windows are split without padding, so synced metrics count each window once."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return None
-    if torch.distributed.get_world_size() == 1:
-        return None
-    if split == "train":
-        return DistributedSampler(dataset, shuffle=shuffle)
-    return UnrepeatedDistributedSampler(dataset, shuffle=False)
+def whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loader's collate: `__getitems__` already returned the batch (module level, so worker
+    processes can unpickle it)."""
+    return batch
+
+
+def _window_sampler(dataset: WindowTensors, split: str, shuffle: bool) -> Sampler:
+    """Which windows this process reads, in which order.
+
+    Under DDP (the Trainer runs with use_distributed_sampler=False): training windows are split
+    across ranks with padding, so every rank takes the same number of gradient steps; evaluation
+    windows are split without padding, so synced metrics count each window once. The shuffle
+    seed is Lightning's (seed_everything sets PL_GLOBAL_SEED on every rank), as in the sampler
+    Lightning would inject itself. In one process: torch's samplers, drawing from the generator
+    seed_everything seeded, so batches come in the order a shuffled DataLoader would give.
+    """
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed and torch.distributed.get_world_size() > 1:
+        if split == "train":
+            return DistributedSampler(dataset, shuffle=shuffle,
+                                      seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        return UnrepeatedDistributedSampler(dataset, shuffle=False)
+    return RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+
+
+# Evaluation has no gradient to average, so its batches are as large as this (or the training
+# batch, if larger): each batch is a trip through Lightning's evaluation loop, which costs more
+# than a small model's forward pass (benchmarks/results/training_loop_cpu.md). The same size as
+# pipeline.evaluate.predict_windows uses.
+EVAL_BATCH_WINDOWS = 1024
 
 
 class SeriesDataModule(L.LightningDataModule):
+    """Loaders over the prepared windows: training batches of `batch_size` windows (shuffled if
+    `shuffle`), evaluation batches of `eval_batch_size` windows in chronological order (default:
+    EVAL_BATCH_WINDOWS, or `batch_size` if that is larger)."""
+
     def __init__(self, prepared: PreparedData, batch_size: int = 32, num_workers: int = 0,
-                 pin_memory: bool = False, shuffle: bool = True) -> None:
+                 pin_memory: bool = False, shuffle: bool = True,
+                 eval_batch_size: int | None = None) -> None:
         super().__init__()
-        require(isinstance(batch_size, int) and batch_size > 0, "data.batch_size", batch_size,
-                "must be a positive integer")
-        require(isinstance(num_workers, int) and num_workers >= 0, "data.num_workers", num_workers,
-                "must be an integer >= 0")
         self.prepared = prepared
         self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or max(batch_size, EVAL_BATCH_WINDOWS)
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.shuffle = shuffle
-        self._datasets = {name: _tensor_dataset(prepared.windows[name]) for name in SPLITS}
+        self._datasets = {name: WindowTensors(prepared.windows[name]) for name in SPLITS}
 
-    @property
-    def n_inputs(self) -> int:
-        return len(self.prepared.inputs)
-
-    @property
-    def n_targets(self) -> int:
-        return len(self.prepared.targets)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        sampler = _distributed_sampler(self._datasets[split], split, shuffle)
-        return DataLoader(self._datasets[split], batch_size=self.batch_size,
-                          shuffle=shuffle if sampler is None else False, sampler=sampler,
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        dataset = self._datasets[split]
+        # A stock BatchSampler: Lightning reseeds its .sampler each epoch (set_epoch) and knows
+        # how to wrap it for predict; the last batch is kept, as a DataLoader's would be.
+        batches = BatchSampler(_window_sampler(dataset, split, shuffle), batch_size,
+                               drop_last=False)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=whole_batch,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         # Only training windows are shuffled; evaluation keeps chronological order.
-        return self._loader("train", self.shuffle)
+        return self._loader("train", self.shuffle, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        return self._loader("val", False, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self._loader("test", False, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self._loader("test", False, self.eval_batch_size)
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Our batches are (x, y) tensor pairs: moved as such, and not at all when they are on
+        the device already (CPU training), instead of Lightning's walk over any collection."""
+        x, y = batch
+        device = torch.device(device)
+        if x.device == device and y.device == device:
+            return batch
+        # As Lightning's own move: asynchronous copies except where they are unsafe (mps).
+        non_blocking = device.type not in ("cpu", "mps")
+        return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
 
 
-def window_spec_from_config(data_cfg: Mapping[str, Any]) -> WindowSpec:
-    return WindowSpec(lookback=data_cfg["lookback"], horizon=data_cfg.get("horizon", 1),
-                      stride=data_cfg.get("stride", 1), mode=data_cfg.get("mode", "forecast"))
+def window_spec(data: DataConfig) -> WindowSpec:
+    return WindowSpec(lookback=data.lookback, horizon=data.horizon, stride=data.stride, mode=data.mode)
 
 
-def prepare_from_config(data_cfg: Mapping[str, Any]) -> PreparedData:
+def prepare_data(data: DataConfig) -> PreparedData:
     """Config -> fetched, validated, split, scaled windows (series or samples layout)."""
-    require(data_cfg.get("task", "regression") in TASKS, "data.task", data_cfg.get("task"),
-            f"must be one of {', '.join(TASKS)}")
-    spec = window_spec_from_config(data_cfg)  # config errors before any fetch
-    fetched = fetch(data_cfg)
-    prepare = prepare_samples if data_cfg.get("layout", "series") == "samples" else prepare_series
-    return prepare(fetched, list(data_cfg["inputs"]), list(data_cfg["targets"]), spec,
-                   dict(plain(data_cfg["split"])), data_cfg.get("scaler", "standard"))
+    fetched = load_data(data)
+    prepare = prepare_samples if data.layout == "samples" else prepare_series
+    split = {k: v for k, v in vars(data.split).items()}
+    return prepare(fetched, list(data.inputs), list(data.targets), window_spec(data), split,
+                   data.scaler)
 
 
-def build_datamodule(data_cfg: Mapping[str, Any]) -> SeriesDataModule:
+def build_datamodule(data: DataConfig) -> SeriesDataModule:
     """Config -> fetched, validated, windowed DataModule (the CLI, DAG and tests all call this)."""
-    prepared = prepare_from_config(data_cfg)
-    return SeriesDataModule(prepared, batch_size=data_cfg.get("batch_size", 32),
-                            num_workers=data_cfg.get("num_workers", 0),
-                            pin_memory=bool(data_cfg.get("pin_memory", False)),
-                            shuffle=bool(data_cfg.get("shuffle", True)))
+    return SeriesDataModule(prepare_data(data), batch_size=data.batch_size,
+                            num_workers=data.num_workers, pin_memory=data.pin_memory,
+                            shuffle=data.shuffle)
