@@ -58,7 +58,7 @@ def recent_window(net: Forecaster, recent: pd.DataFrame) -> torch.Tensor:
         column = spec.inputs[int(np.flatnonzero(~np.isfinite(values).all(axis=0))[0])]
         raise bad_request(f"input column {column!r} has NaN or infinite values in the last "
                           f"{spec.lookback} rows; send observed values only")
-    return torch.from_numpy(values)
+    return torch.tensor(values)  # a copy: the request's array may be read-only
 
 
 def forecast_frame(net: Forecaster, recent: pd.DataFrame) -> pd.DataFrame:
