@@ -49,6 +49,7 @@ BENCH_OUT ?= .bench
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_rnn.py --out $(BENCH_OUT)
 	$(BIN)/python benchmarks/bench_kernel_choices.py --out $(BENCH_OUT)
+	$(BIN)/python benchmarks/bench_training.py --out $(BENCH_OUT)
 	$(BIN)/python benchmarks/bench_tracking.py --out $(BENCH_OUT)
 
 bench-record:
