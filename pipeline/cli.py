@@ -195,10 +195,8 @@ def load_jobs(config_name: str, argv: Sequence[str]) -> list[tuple[list[str], An
     before any runs."""
     multirun = any(a in MULTIRUN_FLAGS for a in argv)
     args = [a for a in argv if a not in MULTIRUN_FLAGS]
-    parsed = parse_overrides(args)
-    check_group_choices(parsed)
-    check_added_keys(parsed)
-    return [(job, load_config(config_name, job)) for job in expand(parsed, multirun)]
+    # load_config checks each job's overrides (every value of a sweep lands in some job)
+    return [(job, load_config(config_name, job)) for job in expand(parse_overrides(args), multirun)]
 
 
 def run_command(config_name: str, command: Callable[..., Any], argv: Sequence[str] | None = None,

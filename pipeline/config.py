@@ -512,7 +512,7 @@ def describe_omegaconf_error(exc: OmegaConfBaseException, prefix: str = "") -> s
     text = str(getattr(exc, "msg", None) or exc).splitlines()[0].strip()
     name = type(exc).__name__
     if name in ("ConfigAttributeError", "ConfigKeyError") and ("not in" in text or "struct" in text):
-        return unknown_key_message(key, None if not prefix else None)
+        return unknown_key_message(key)
     if name == "MissingMandatoryValue":
         return f"{key}: required, but not set"
     if "could not be converted to" in text or "Value" in text:

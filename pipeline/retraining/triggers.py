@@ -34,7 +34,7 @@ def allowed(key: str) -> bool:
 
 
 def check_value(label: str, text: str) -> None:
-    if "${" in text or "$" in text and "{" in text:
+    if "$" in text and "{" in text:  # ${...}, however it is quoted or spaced
         raise ConfigError(f"{label}: interpolations (${{...}}) are not accepted from a trigger")
 
 
