@@ -9,7 +9,7 @@ ARGS       ?=
 PYTEST_ARGS ?=
 STAMP      := $(VENV)/.installed-stamp
 
-.PHONY: install train test ui server promote fetch bench bench-record lint clean experiments report retrain airflow-install dag-test actionlint config-reference
+.PHONY: install train sweep test ui server promote fetch bench bench-record lint clean experiments report retrain airflow-install dag-test actionlint config-reference serve predict
 
 # `make server`: a shared tracking server with its own store; artifacts are proxied through it.
 SERVER_HOST ?= 127.0.0.1
@@ -29,6 +29,11 @@ install: $(STAMP)
 train: $(STAMP)
 	$(BIN)/python -m pipeline.train $(ARGS)
 
+# `make sweep ARGS="hparams_search=sine"`: an Optuna study (conf/hparams_search/); start it in
+# several shells (or machines, with hparams_search.storage=<database URL>) to add workers.
+sweep: $(STAMP)
+	$(BIN)/python -m pipeline.sweep $(ARGS)
+
 fetch: $(STAMP)
 	$(BIN)/python -m pipeline.fetch $(ARGS)
 
@@ -44,13 +49,34 @@ server: $(STAMP)
 promote: $(STAMP)
 	$(BIN)/python -m pipeline.promote $(ARGS)
 
+# `make serve`: MLflow's scoring server (mlflow models serve) over a registered model, by default
+# the default data's @champion, on 127.0.0.1:5001; `make serve MODEL=models:/<name>@champion
+# PORT=5002 HOST=0.0.0.0`. MODEL, PORT and HOST count only when given on the command line: a HOST
+# or PORT exported by the shell never moves the server off loopback.
+given = $(if $(filter command line,$(origin $(1))),$(2)=$($(1)))
+serve: $(STAMP)
+	$(BIN)/python -m pipeline.serving $(call given,MODEL,serve.model) $(call given,PORT,serve.port) $(call given,HOST,serve.host) $(ARGS)
+
+# `make predict ARGS="model=models:/<name>@champion input=recent.csv output=forecast.csv"`
+predict: $(STAMP)
+	$(BIN)/python -m pipeline.predict $(ARGS)
+
 # `make bench` writes to .bench/ (ignored); `make bench-record` replaces the committed results.
+# `make bench DEVICE=cuda` (a CUDA build of torch): the cells against cuDNN and the training loop
+# on the GPU, in fp32 and bf16.
 BENCH_OUT ?= .bench
+DEVICE ?= cpu
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_rnn.py --out $(BENCH_OUT)
+	$(BIN)/python benchmarks/bench_rnn.py --device $(DEVICE) --out $(BENCH_OUT)
+ifeq ($(DEVICE),cpu)
 	$(BIN)/python benchmarks/bench_kernel_choices.py --out $(BENCH_OUT)
 	$(BIN)/python benchmarks/bench_training.py --out $(BENCH_OUT)
 	$(BIN)/python benchmarks/bench_tracking.py --out $(BENCH_OUT)
+	$(BIN)/python benchmarks/bench_serving.py --out $(BENCH_OUT)
+else
+	$(BIN)/python benchmarks/bench_training.py --device $(DEVICE) --precision 32-true --out $(BENCH_OUT)
+	$(BIN)/python benchmarks/bench_training.py --device $(DEVICE) --precision bf16-mixed --out $(BENCH_OUT)
+endif
 
 bench-record:
 	$(MAKE) bench BENCH_OUT=benchmarks/results

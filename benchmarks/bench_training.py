@@ -1,7 +1,8 @@
 """Training-loop speed: the pipeline's fit against a plain PyTorch loop on the same windows.
 
 Usage: python benchmarks/bench_training.py [--runs 3] [--sizes sine,stock,large] [--threads N]
-                                           [--ablations] [--out DIR]
+                                           [--ablations] [--device cpu|cuda]
+                                           [--precision 32-true|bf16-mixed] [--out DIR]
 
 Rows, at each size (same process, same windows, same network and initial weights, Adam, gradient
 clipping as the trainer config says, a validation pass over the validation windows each epoch):
@@ -33,7 +34,12 @@ Torch runs with its default threads (as the pipeline does) unless ``--threads`` 
 a machine shared with other jobs, two intra-op threads on two cores stall each other (an H128
 step went from 0.09 s to 2.6 s of CPU), so measure there with ``--threads 1``.
 
-Results go to ``<out>/training_loop_cpu.json`` and ``.md``; ``--out`` defaults to ``.bench/`` at the
+On ``--device cuda`` every row trains on the GPU (the pipeline with ``trainer.accelerator=gpu``);
+each row moves a batch to the GPU as it uses it (the pipeline's DataModule serves CPU windows,
+as a DataLoader would), and bf16 runs the plain loop under ``torch.autocast``. Epoch times end with
+a ``torch.cuda.synchronize()``.
+
+Results go to ``<out>/training_loop_<device>.json`` and ``.md``; ``--out`` defaults to ``.bench/`` at the
 repository root (ignored by git). Pass ``--out benchmarks/results`` to update the recorded results.
 """
 
@@ -74,6 +80,32 @@ DEFAULT_OUT = REPO_ROOT / ".bench"
 WARMUP_EPOCHS = 1
 BASELINE = "plain PyTorch"
 TARGET = {"sine": 1.15, "stock": 1.15, "large": 1.05}  # issue 13: pipeline / plain at most
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where every row trains: `name` is torch's device, `precision` Lightning's setting."""
+
+    name: str = "cpu"
+    precision: str = "32-true"
+
+    @property
+    def accelerator(self) -> str:
+        return "gpu" if self.name == "cuda" else "cpu"
+
+    def overrides(self) -> list[str]:
+        return [f"trainer.accelerator={self.accelerator}", f"trainer.precision={self.precision}"]
+
+    def synchronize(self) -> None:
+        if self.name == "cuda":
+            torch.cuda.synchronize()  # kernels are asynchronous: an epoch ends when they do
+
+    def autocast(self):
+        bf16 = self.precision.startswith("bf16")
+        return torch.autocast(device_type=self.name, dtype=torch.bfloat16, enabled=bf16)
+
+
+DEVICE = Device()  # set once by main() from --device / --precision
 
 
 @dataclass(frozen=True)
@@ -142,11 +174,13 @@ class EpochTimer:
 
     def begin(self) -> None:
         self.turns.wait(self.row)
+        DEVICE.synchronize()
         self._start = (time.perf_counter(), time.process_time())
 
     def end(self, hand_on: bool = True) -> None:
         if self._start is None:
             return
+        DEVICE.synchronize()
         wall, cpu = self._start
         self.epochs.append((time.perf_counter() - wall, time.process_time() - cpu))
         self._start = None
@@ -180,9 +214,10 @@ def fresh_module(cfg: TrainConfig, dm: SeriesDataModule) -> ForecastModule:
 
 
 def plain_loop(cfg: TrainConfig, dm: SeriesDataModule, epochs: int, timer: EpochTimer) -> None:
-    module = fresh_module(cfg, dm)
+    module = fresh_module(cfg, dm).to(DEVICE.name)
     net, loss_fn, start = module.net, module.loss_fn, module.hparams.loss_from_step
     train, val = (WindowTensors(dm.prepared.windows[split]) for split in ("train", "val"))
+    device = DEVICE.name
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optim.lr,
                                  weight_decay=cfg.optim.weight_decay)
     clip, batch = cfg.trainer.gradient_clip_val, cfg.data.batch_size
@@ -191,17 +226,18 @@ def plain_loop(cfg: TrainConfig, dm: SeriesDataModule, epochs: int, timer: Epoch
         timer.begin()
         net.train()
         for rows in torch.randperm(len(train)).split(batch):
-            x, y = train.x.index_select(0, rows), train.y.index_select(0, rows)
-            pred = net(x, teacher=y, teacher_forcing=module.hparams.teacher_forcing)
-            loss = loss_fn(pred[:, start:], y[:, start:])
+            x, y = (t.index_select(0, rows).to(device) for t in (train.x, train.y))
+            with DEVICE.autocast():
+                pred = net(x, teacher=y, teacher_forcing=module.hparams.teacher_forcing)
+                loss = loss_fn(pred[:, start:].float(), y[:, start:])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), clip)
             optimizer.step()
         net.eval()
-        with torch.inference_mode():
-            total = sum(loss_fn(net(x)[:, start:], y[:, start:]) * len(x)
+        with torch.inference_mode(), DEVICE.autocast():
+            total = sum(loss_fn(net(x.to(device))[:, start:].float(), y.to(device)[:, start:]) * len(x)
                         for x, y in zip(val.x.split(eval_batch), val.y.split(eval_batch),
                                         strict=True))
         float(total)  # the epoch's validation loss, as a number: the loop waits for it
@@ -232,7 +268,8 @@ class BareModule(L.LightningModule):
 
 
 def bare_lightning(cfg: TrainConfig, dm: SeriesDataModule, epochs: int, timer: EpochTimer) -> None:
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False,
+    trainer = L.Trainer(accelerator=DEVICE.accelerator, devices=1, max_epochs=epochs,
+                        precision=DEVICE.precision, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, gradient_clip_val=cfg.trainer.gradient_clip_val,
                         callbacks=[EpochTurns(timer)])
@@ -291,7 +328,8 @@ def random_walk_closes(path: Path, days: int = 1000, seed: int = 0) -> Path:
 def row_config(name: str, workdir: Path, row: str) -> TrainConfig:
     """The size's config; each row tracks into a store of its own (one thread per store)."""
     slug = "".join(c if c.isalnum() else "-" for c in row)
-    overrides = [*SIZES[name].overrides, f"tracking.uri=sqlite:///{workdir / slug}.db",
+    overrides = [*SIZES[name].overrides, *DEVICE.overrides(),
+                 f"tracking.uri=sqlite:///{workdir / slug}.db",
                  f"tracking.artifact_root={workdir / slug}-artifacts"]
     if name == "stock":
         closes = workdir / "closes.csv"
@@ -372,7 +410,9 @@ def summarise(runs: list[dict], sizes: list[str], rows: list[str]) -> dict:
 
 
 def machine() -> dict:
+    gpu = torch.cuda.get_device_name() if DEVICE.name == "cuda" else None
     return {"cpu": platform.processor() or platform.machine(), "logical_cpus": os.cpu_count(),
+            "gpu": gpu,
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "lightning": L.__version__, "python": platform.python_version(),
             "platform": platform.platform()}
@@ -381,7 +421,8 @@ def machine() -> dict:
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
-        "# Training-loop speed on cpu: the pipeline against a plain PyTorch loop", "",
+        f"# Training-loop speed on {report['device']} ({report['precision']}): the pipeline against "
+        "a plain PyTorch loop", "",
         f"- {m['logical_cpus']} logical CPUs ({m['cpu']}), torch {m['torch']} with "
         f"{m['torch_threads']} thread(s), Lightning {m['lightning']}, Python {m['python']}",
         f"- load average (1 min) at start / end: {report['load_average'][0]:.2f} / "
@@ -411,6 +452,8 @@ def parse_args() -> argparse.Namespace:
                         help="torch threads (default: torch's own choice, as the pipeline runs)")
     parser.add_argument("--ablations", action="store_true",
                         help="add pipeline rows with one part removed at a time")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="results folder (default: %(default)s)")
     args = parser.parse_args()
@@ -429,7 +472,11 @@ def quiet() -> None:
 
 
 def main() -> None:
+    global DEVICE
     args = parse_args()
+    DEVICE = Device(args.device, args.precision)
+    if DEVICE.name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
     quiet()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -445,16 +492,18 @@ def main() -> None:
                 workdir.mkdir()
                 results[name] = measure_size(name, rows, workdir)
             runs.append(results)
-    report = {"benchmark": "training loop", "machine": machine(),
+    report = {"benchmark": "training loop", "device": DEVICE.name, "precision": DEVICE.precision,
+              "machine": machine(),
               "load_average": [load_start, os.getloadavg()[0]], "runs": args.runs,
               "warmup_epochs": WARMUP_EPOCHS,
               "sizes": {n: {"overrides": list(SIZES[n].overrides), "epochs": SIZES[n].epochs}
                         for n in args.sizes},
               "summary": summarise(runs, args.sizes, list(rows)), "per_run": runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "training_loop_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    stem = "training_loop_" + ("cpu" if DEVICE.name == "cpu" else f"cuda_{DEVICE.precision}")
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
-    (args.out / "training_loop_cpu.md").write_text(table)
+    (args.out / f"{stem}.md").write_text(table)
     print(table)
 
 

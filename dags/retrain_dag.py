@@ -1,6 +1,6 @@
 """Daily retraining after the market close (Airflow 3):
 
-    fetch -> validate -> train (one mapped task per variant) -> evaluate -> promote
+    fetch -> validate -> train (one mapped task per variant) -> evaluate -> promote -> forecast
 
 Each task runs one stage of pipeline.retraining.stages, the functions `make retrain` chains, and
 hands the next one small values only: digests, run ids, versions. The scheduler parses this file
@@ -135,10 +135,21 @@ def lstm_retrain():
         return {"summary_file": summary.summary_file, "best": summary.best,
                 "promoted": summary.promoted, "champion": summary.champion}
 
+    # The champion after this run (promoted or kept) forecasts the configured series from the
+    # fetched snapshot: forecast.csv beside the summary (pipeline.predict, as `make predict`).
+    @task(execution_timeout=timedelta(minutes=10), multiple_outputs=False)
+    def forecast(outcome: dict) -> dict:
+        from pipeline.predict import forecast_after_retrain
+
+        with stage() as overrides:
+            written = forecast_after_retrain(overrides)
+        print(f"forecast: {written.get('path') or written.get('skipped')}", flush=True)
+        return written
+
     fetched = fetch()
     variants = validate(fetched)
     candidates = train.expand(variant=variants)
-    promote(fetched, evaluate(candidates))
+    forecast(promote(fetched, evaluate(candidates)))
 
 
 lstm_retrain()

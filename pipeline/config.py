@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.errors import ConfigError
 from pipeline.models.backbones import BACKBONES
+from pipeline.models.distributions import DEFAULT_QUANTILES, HEADS
 
 # --- choices (one list each; messages and the README's reference read them from here) ---------
 
@@ -52,6 +53,15 @@ TASK_METRICS: dict[str, dict[str, str]] = {
 # What a task ranks on when promotion.metric is null: a proper score for classification, since
 # accuracy ties at 1.0 on easy tasks.
 DEFAULT_METRIC = {"regression": "mse", "classification": "log_loss"}
+# Interval scores a regression model with a non-point head (model.head) can also rank on
+# (pipeline.intervals): both lower is better.
+PROBABILISTIC_METRICS: dict[str, str] = {"crps": "minimize", "coverage_error": "minimize"}
+
+
+# Interval metrics a study may set a bar on (runner.expect), beside the point ones: names of
+# pipeline.intervals for the default levels.
+STUDY_INTERVAL_METRICS = (*PROBABILISTIC_METRICS, "coverage_80", "width_80", "conformal_coverage_80",
+                          "persistence_crps", "relative_crps")
 
 
 # --- the schema ----------------------------------------------------------------------------------
@@ -134,6 +144,10 @@ class ModelConfig:
         cell: seq2seq only: the recurrent cell of encoder and decoder.
         teacher_forcing: seq2seq only: probability of feeding the true previous value in training.
         recurrent_l2: L2 penalty on hidden-to-hidden weights.
+        head: point | quantile (pinball loss) | gaussian | student_t (negative log-likelihood);
+            the point forecast is always the median.
+        quantiles: the levels a quantile head predicts and every non-point head reports:
+            strictly increasing in (0, 1), with 0.5 among them.
     """
 
     name: str = "lstm"
@@ -145,6 +159,8 @@ class ModelConfig:
     cell: str | None = None
     teacher_forcing: float = 0.0
     recurrent_l2: float = 0.0
+    head: str = "point"
+    quantiles: list[float] = field(default_factory=lambda: list(DEFAULT_QUANTILES))
 
 
 @dataclass
@@ -155,6 +171,9 @@ class TrainerConfig:
         resume: a checkpoint file or an MLflow run id to continue.
         checkpoint_dir: where checkpoints are staged (null: a temp dir; multi-node: a shared path).
         test_checkpoint: which checkpoint the test metrics come from: best (validation) | last.
+        last_checkpoint_every_s: last.ckpt (what a stopped run resumes from) is rewritten at an
+            epoch's end at most this often, and always after the final epoch; 0: every epoch.
+            Short epochs then spend their time training rather than writing files.
     """
 
     accelerator: str = "cpu"
@@ -172,6 +191,7 @@ class TrainerConfig:
     resume: str | None = None
     checkpoint_dir: str | None = None
     test_checkpoint: str = "best"
+    last_checkpoint_every_s: float = 30.0
 
 
 @dataclass
@@ -273,6 +293,40 @@ class ReportConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`make serve`: MLflow's scoring server over a registered model.
+
+    Args:
+        model: models:/<name>@<alias> or models:/<name>/<version> (null:
+            models:/<tracking.registered_model>@champion).
+        host: the address to bind; 127.0.0.1 keeps the server off the network.
+        port: the TCP port. workers: uvicorn worker processes.
+    """
+
+    model: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5001
+    workers: int = 1
+
+
+@dataclass
+class PredictConfig:
+    """`make predict`: a file (or the configured series) scored by a registered model.
+
+    Args:
+        model: models:/<name>@<alias> or models:/<name>/<version> (null:
+            models:/<tracking.registered_model>@champion).
+        input: a CSV or Parquet file of recent rows, read like data=csv (null: the configured
+            data source, as training reads it).
+        output: the forecast file to write (.csv, or .parquet/.pq).
+    """
+
+    model: str | None = None
+    input: str | None = None
+    output: str = MISSING
+
+
+@dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -287,6 +341,8 @@ class TrainConfig:
     retrain: RetrainConfig | None = None
     experiments: ExperimentsConfig | None = None
     report: ReportConfig | None = None
+    serve: ServeConfig | None = None
+    predict: PredictConfig | None = None
 
 
 SCHEMA_NAME = "schema"
@@ -457,11 +513,12 @@ def tracking_store(tracking: TrackingConfig):
 
 
 def metric_direction(metric: str) -> str:
-    for metrics in TASK_METRICS.values():
+    for metrics in (*TASK_METRICS.values(), PROBABILISTIC_METRICS):
         if metric in metrics:
             return metrics[metric]
     raise ConfigError(f"promotion.metric={metric!r}: unknown metric; choose one of "
-                      f"{', '.join(m for ms in TASK_METRICS.values() for m in ms)}")
+                      f"{', '.join(m for ms in TASK_METRICS.values() for m in ms)}, "
+                      f"{', '.join(PROBABILISTIC_METRICS)}")
 
 
 def as_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -563,7 +620,7 @@ def check(cfg: TrainConfig) -> None:
     check_tracking(cfg.tracking)
     _require(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "must be > 0")
     _at_least("optim.weight_decay", cfg.optim.weight_decay, 0)
-    check_promotion(cfg.promotion, cfg.data.task)
+    check_promotion(cfg.promotion, cfg.data.task, cfg.model.head)
     if cfg.runner is not None:
         check_runner(cfg.runner, cfg.data.task)
     if cfg.retrain is not None:
@@ -572,6 +629,10 @@ def check(cfg: TrainConfig) -> None:
         _one_of("experiments.mode", cfg.experiments.mode, EXPERIMENT_MODES)
     if cfg.report is not None:
         _one_of("report.mode", cfg.report.mode, EXPERIMENT_MODES)
+    if cfg.serve is not None:
+        check_serve(cfg.serve)
+    if cfg.predict is not None:
+        check_predict(cfg.predict)
 
 
 def check_data(data: DataConfig) -> None:
@@ -722,11 +783,26 @@ def check_model(model: ModelConfig, data: DataConfig) -> None:
     _require(0 <= model.teacher_forcing <= 1, "model.teacher_forcing", model.teacher_forcing,
              "must be in [0, 1]")
     _at_least("model.recurrent_l2", model.recurrent_l2, 0)
+    check_head(model, data)
     if model.name == "seq2seq":
         _require(data.mode == "forecast", "model.name", model.name,
                  "needs a forecasting data config (data.mode=forecast), not a per-step sequence task")
         if model.cell is not None:
             _one_of("model.cell", model.cell, [v for v in variants if v != "seq2seq"])
+
+
+def check_head(model: ModelConfig, data: DataConfig) -> None:
+    _one_of("model.head", model.head, HEADS)
+    if model.head != "point":
+        _require(data.task == "regression", "model.head", model.head,
+                 f"needs data.task=regression (data.task={data.task!r} predicts probabilities)")
+    levels = model.quantiles
+    _require(bool(levels) and all(0 < q < 1 for q in levels), "model.quantiles", levels,
+             "must be levels strictly between 0 and 1, e.g. [0.1,0.5,0.9]")
+    _require(all(a < b for a, b in zip(levels, levels[1:], strict=False)), "model.quantiles", levels,
+             "must be strictly increasing, e.g. [0.1,0.5,0.9]")
+    _require(any(abs(q - 0.5) < 1e-9 for q in levels), "model.quantiles", levels,
+             "must include 0.5 (the median is the point forecast), e.g. [0.1,0.5,0.9]")
 
 
 def model_variants() -> list[str]:
@@ -741,6 +817,7 @@ def check_trainer(trainer: TrainerConfig) -> None:
     for key in ("devices", "num_nodes", "max_epochs", "log_every_n_steps"):
         _at_least(f"trainer.{key}", getattr(trainer, key), 1)
     _at_least("trainer.early_stopping_patience", trainer.early_stopping_patience, 0)
+    _at_least("trainer.last_checkpoint_every_s", trainer.last_checkpoint_every_s, 0)
     if trainer.gradient_clip_val is not None:
         _require(trainer.gradient_clip_val > 0, "trainer.gradient_clip_val", trainer.gradient_clip_val,
                  "must be > 0 (or null for no clipping)")
@@ -755,8 +832,13 @@ def check_tracking(tracking: TrackingConfig) -> None:
     _require(tracking.retry_for_s > 0, "tracking.retry_for_s", tracking.retry_for_s, "must be > 0 seconds")
 
 
-def check_promotion(promotion: PromotionConfig, task: str) -> None:
-    _one_of("promotion.metric", promotion.metric, list(TASK_METRICS[task]))
+def check_promotion(promotion: PromotionConfig, task: str, head: str = "point") -> None:
+    if promotion.metric in PROBABILISTIC_METRICS:
+        _require(head != "point", "promotion.metric", promotion.metric,
+                 "ranks intervals, which model.head='point' does not give: set model.head to "
+                 "quantile, gaussian or student_t, or rank on a point metric")
+    known = [*TASK_METRICS[task], *(PROBABILISTIC_METRICS if task == "regression" else ())]
+    _one_of("promotion.metric", promotion.metric, known)
     if promotion.version is not None:
         _at_least("promotion.version", promotion.version, 1)
 
@@ -765,7 +847,8 @@ def check_runner(runner: RunnerConfig, task: str) -> None:
     _require(bool(runner.variants), "runner.variants", runner.variants, "must name at least one variant")
     for expectation in runner.expect:
         metric = expectation.metric.removeprefix("test/").removeprefix("val/")
-        known = [*TASK_METRICS[task], "mase", "mase_seasonal_naive", "persistence_mae", "loss"]
+        known = [*TASK_METRICS[task], "mase", "mase_seasonal_naive", "persistence_mae", "loss",
+                 *STUDY_INTERVAL_METRICS]
         _one_of("runner.expect.metric", metric, known)
         _require(expectation.min is not None or expectation.max is not None, "runner.expect",
                  expectation.metric, "needs a min or a max")
@@ -783,14 +866,43 @@ def check_retrain(retrain: RetrainConfig) -> None:
         _require(retrain.max_mase > 0, "retrain.max_mase", retrain.max_mase, "must be > 0 (or null)")
 
 
+def _model_uri(key: str, uri: str | None) -> None:
+    if uri is not None:
+        name, _, ref = uri.removeprefix("models:/").partition("/")
+        if "@" in name:
+            name, _, ref = name.partition("@")
+        _require(uri.startswith("models:/") and bool(name) and bool(ref), key, uri,
+                 "must be a registered model as models:/<name>@<alias> or models:/<name>/<version>, "
+                 "e.g. models:/sine-forecaster@champion")
+
+
+def check_serve(serve: ServeConfig) -> None:
+    _model_uri("serve.model", serve.model)
+    _require(bool(serve.host.strip()), "serve.host", serve.host, "must not be empty (e.g. 127.0.0.1)")
+    _require(1 <= serve.port <= 65535, "serve.port", serve.port, "must be a TCP port in 1..65535")
+    _at_least("serve.workers", serve.workers, 1)
+
+
+def check_predict(predict: PredictConfig) -> None:
+    _model_uri("predict.model", predict.model)
+    if predict.input is not None:
+        _require(Path(predict.input).expanduser().is_file(), "predict.input", predict.input,
+                 f"no such file (relative paths start at {Path.cwd()})")
+    suffix = Path(predict.output).suffix.lower()
+    _require(suffix in (".csv", ".parquet", ".pq"), "predict.output", predict.output,
+             "must name a .csv or .parquet file")
+
+
 # --- the README's config reference ----------------------------------------------------------------
 
 CHOICES: dict[str, Sequence[str]] = {
     "data.layout": LAYOUTS, "data.task": TASKS, "data.mode": MODES, "data.scaler": SCALERS,
-    "data.fill": FILLS, "model.init_state": INIT_STATES, "trainer.accelerator": ACCELERATORS,
+    "data.fill": FILLS, "model.init_state": INIT_STATES, "model.head": HEADS,
+    "trainer.accelerator": ACCELERATORS,
     "trainer.strategy": STRATEGIES, "trainer.precision": PRECISIONS,
     "trainer.test_checkpoint": TEST_CHECKPOINTS,
-    "promotion.metric": [m for metrics in TASK_METRICS.values() for m in metrics],
+    "promotion.metric": [*(m for metrics in TASK_METRICS.values() for m in metrics),
+                         *PROBABILISTIC_METRICS],
 }
 REFERENCE_SECTIONS = (("data", DataConfig), ("model", ModelConfig), ("trainer", TrainerConfig),
                       ("tracking", TrackingConfig), ("optim", OptimConfig),

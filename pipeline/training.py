@@ -9,13 +9,15 @@ Every rank trains; only global rank zero talks to MLflow and writes files. Calle
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from mlflow.entities import RunTag
 
+from pipeline.callbacks import BestCheckpoint, EarlyStop, LastCheckpoint, ProgressBar
 from pipeline.config import TrainConfig, TrainerConfig, as_dict, tracking_store
 from pipeline.data.datamodule import SeriesDataModule, build_datamodule
 from pipeline.data.prepare import PreparedData
@@ -54,6 +56,9 @@ class TrainResult:
     test_metrics: dict[str, float] = field(default_factory=dict)
     promotion: PromotionDecision | None = None
     metric: str = "mse"  # the promotion metric, by which sweeps and retraining rank runs
+    # A callback ended the training as not worth finishing (a pruned sweep trial): no test
+    # metrics, no artifacts, no model.
+    abandoned: bool = False
 
     @property
     def objective(self) -> float | None:
@@ -74,6 +79,7 @@ def network_spec(cfg: TrainConfig, prepared: PreparedData) -> NetworkSpec:
         hidden_size=model.hidden_size, num_layers=model.num_layers, dropout=model.dropout,
         bidirectional=model.bidirectional, init_state=model.init_state, task=cfg.data.task,
         cell=model.cell, x_scaler=prepared.x_scaler.to_dict(), y_scaler=prepared.y_scaler.to_dict(),
+        head=model.head, quantiles=list(model.quantiles),
     )
 
 
@@ -83,28 +89,24 @@ def build_module(cfg: TrainConfig, prepared: PreparedData) -> ForecastModule:
     return ForecastModule(network_spec(cfg, prepared).to_dict(), lr=cfg.optim.lr,
                           weight_decay=cfg.optim.weight_decay, loss_from_step=burn_in,
                           teacher_forcing=cfg.model.teacher_forcing,
-                          recurrent_l2=cfg.model.recurrent_l2)
+                          recurrent_l2=cfg.model.recurrent_l2,
+                          gradient_clip_val=cfg.trainer.gradient_clip_val)
 
 
 def build_trainer(trainer_cfg: TrainerConfig, logger, checkpoint_dir: str, extra_callbacks=()) -> L.Trainer:
-    # Both are written at the end of the training epoch (after validation), so a resumed run starts
-    # the next epoch instead of repeating this one's validation. `last` is its own callback because
-    # Lightning's save_last only refreshes when the best checkpoint changes.
-    callbacks = [
-        ModelCheckpoint(dirpath=checkpoint_dir, filename="best", monitor="val/loss", mode="min",
-                        save_top_k=1, save_on_train_epoch_end=True),
-        ModelCheckpoint(dirpath=checkpoint_dir, filename="last", save_top_k=1,
-                        save_on_train_epoch_end=True, enable_version_counter=False),
-        *extra_callbacks,
-    ]
+    callbacks = [BestCheckpoint(checkpoint_dir),
+                 LastCheckpoint(checkpoint_dir, trainer_cfg.last_checkpoint_every_s),
+                 *extra_callbacks]
     if trainer_cfg.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor="val/loss", mode="min",
-                                       patience=trainer_cfg.early_stopping_patience))
+        callbacks.append(EarlyStop(trainer_cfg.early_stopping_patience))
+    if trainer_cfg.progress_bar:
+        callbacks.append(ProgressBar())
     return L.Trainer(
         accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices,
         num_nodes=trainer_cfg.num_nodes, strategy=trainer_cfg.strategy,
         max_epochs=trainer_cfg.max_epochs, precision=trainer_cfg.precision,
-        gradient_clip_val=trainer_cfg.gradient_clip_val, logger=logger, callbacks=callbacks,
+        # No gradient_clip_val: ForecastModule steps its optimizer and clips itself.
+        logger=logger, callbacks=callbacks,
         log_every_n_steps=trainer_cfg.log_every_n_steps,
         enable_progress_bar=trainer_cfg.progress_bar,
         enable_model_summary=trainer_cfg.model_summary,
@@ -136,18 +138,25 @@ def resume_target(cfg: TrainConfig, store: Store | None) -> tuple[str | None, st
 
 
 def start_tracking(store: Store, cfg: TrainConfig, prepared: PreparedData, variant: str, config: dict,
-                   resume_run: str | None) -> RunHandle:
+                   resume_run: str | None, parent_run_id: str | None = None,
+                   tags: dict[str, str] | None = None) -> RunHandle:
     if resume_run:
         return reopen_run(store, resume_run, config)
     handle = open_run(store, cfg.tracking.experiment, run_name_for(variant, cfg.data.name),
-                      run_tags(cfg, prepared, variant), config)
+                      {**run_tags(cfg, prepared, variant), **(tags or {})}, config,
+                      parent_run_id=parent_run_id)
     # The dataset's content digest names exactly the data this run saw.
     log_dataset(handle, prepared, context="training")
     return handle
 
 
-def train(cfg: TrainConfig) -> TrainResult | None:
-    """The whole chain for one config. Other ranks than global zero return None."""
+def train(cfg: TrainConfig, *, callbacks: Sequence[L.Callback] = (), parent_run_id: str | None = None,
+          tags: dict[str, str] | None = None, log_model: bool = True) -> TrainResult | None:
+    """The whole chain for one config. Other ranks than global zero return None.
+
+    For sweeps (pipeline.sweep): extra Trainer `callbacks` (a callback with a true `abandon`
+    attribute after fit ends the training there), the run as a child of `parent_run_id` with
+    extra `tags`, and `log_model=False` to leave the model to the study's end."""
     _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg.data)  # data errors surface here, before the store is touched
@@ -159,9 +168,11 @@ def train(cfg: TrainConfig) -> TrainResult | None:
         store.check()
     config = as_dict(cfg)
     ckpt_path, resume_run = resume_target(cfg, store)
-    handle = (start_tracking(store, cfg, dm.prepared, module.net.spec.label, config, resume_run)
+    handle = (start_tracking(store, cfg, dm.prepared, module.net.spec.label, config, resume_run,
+                             parent_run_id, tags)
               if store is not None else None)
-    return fit_test_publish(cfg, dm, module, config, handle, ckpt_path)
+    return fit_test_publish(cfg, dm, module, config, handle, ckpt_path, callbacks=callbacks,
+                            log_model=log_model)
 
 
 def test_checkpoint(trainer: L.Trainer, which: str) -> str | None:
@@ -172,30 +183,42 @@ def test_checkpoint(trainer: L.Trainer, which: str) -> str | None:
 
 
 def _last_callback(trainer: L.Trainer) -> ModelCheckpoint:
-    return next(c for c in trainer.checkpoint_callbacks if c.filename == "last")
+    return next(c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint))
 
 
 def fit_test_publish(cfg: TrainConfig, dm: SeriesDataModule, module: ForecastModule, config: dict,
-                     handle: RunHandle | None, ckpt_path: str | None) -> TrainResult | None:
+                     handle: RunHandle | None, ckpt_path: str | None, *,
+                     callbacks: Sequence[L.Callback] = (), log_model: bool = True) -> TrainResult | None:
     run_id = handle.run_id if handle else None
     with checkpoint_directory(cfg.trainer.checkpoint_dir, run_id) as ckpt_dir, run_guard(handle, ckpt_dir):
         logger = BufferedMLFlowLogger(handle, flush_every_s=cfg.tracking.flush_every_s, spill_dir=ckpt_dir)
         agreement = WeightsAgreement()
         mirror = MlflowCheckpointMirror(handle, ckpt_dir)
-        trainer = build_trainer(cfg.trainer, logger, ckpt_dir, [mirror, agreement])
+        trainer = build_trainer(cfg.trainer, logger, ckpt_dir, [mirror, agreement, *callbacks])
         # weights_only: our checkpoints hold tensors and plain values, never arbitrary objects.
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        if any(getattr(c, "abandon", False) for c in callbacks):
+            # Every rank saw the same decision (the callback's job), so all skip the test together.
+            return abandoned_result(cfg, handle) if handle is not None else None
         tested = test_checkpoint(trainer, cfg.trainer.test_checkpoint)
         trainer.test(module, datamodule=dm, ckpt_path=tested, verbose=False, weights_only=True)
         if handle is None:
             return None
         best = trainer.checkpoint_callback.best_model_path
         return finish_run(cfg, handle, module, dm.prepared, config,
-                          best if best and Path(best).exists() else None, agreement.digests)
+                          best if best and Path(best).exists() else None, agreement.digests,
+                          log_model=log_model)
+
+
+def abandoned_result(cfg: TrainConfig, handle: RunHandle) -> TrainResult:
+    return TrainResult(run_id=handle.run_id, run_name=handle.run_name,
+                       experiment=handle.experiment_name, tracking_uri=handle.tracking_uri,
+                       model_name=None, model_version=None, metric=cfg.promotion.metric,
+                       abandoned=True)
 
 
 def finish_run(cfg: TrainConfig, handle: RunHandle, module: ForecastModule, prepared: PreparedData,
-               config: dict, best: str | None, digests: list[str]) -> TrainResult:
+               config: dict, best: str | None, digests: list[str], log_model: bool = True) -> TrainResult:
     """Rank zero only: artifacts, baselines, model version, promotion."""
     tags = {"world_size": str(len(digests) or 1),
             "n_params": str(sum(p.numel() for p in module.net.parameters()))}
@@ -205,12 +228,14 @@ def finish_run(cfg: TrainConfig, handle: RunHandle, module: ForecastModule, prep
     evaluation = Evaluation(scored_from=module.hparams.loss_from_step, season=cfg.data.season,
                             task=cfg.data.task)
     registered = cfg.tracking.registered_model if cfg.tracking.register else None
-    logged = publish_results(handle, module.net, prepared, config, best, registered, evaluation)
-    decision = promote_logged(cfg, handle, logged)
+    logged = publish_results(handle, module.net, prepared, config, best, registered, evaluation,
+                             log_model=log_model)
+    decision = promote_logged(cfg, handle, logged) if logged is not None else None
     metrics = handle.client.get_run(handle.run_id).data.metrics
     return TrainResult(run_id=handle.run_id, run_name=handle.run_name,
                        experiment=handle.experiment_name, tracking_uri=handle.tracking_uri,
-                       model_name=logged.name, model_version=logged.version,
+                       model_name=logged.name if logged else None,
+                       model_version=logged.version if logged else None,
                        test_metrics={k: v for k, v in metrics.items() if k.startswith("test/")},
                        promotion=decision, metric=cfg.promotion.metric)
 

@@ -102,7 +102,8 @@ def test_the_dags_folder_parses_quickly_without_heavy_imports(tmp_path) -> None:
     assert parsed["heavy"] == [], "the DAG file must import the pipeline inside its tasks only"
     assert parsed["seconds"] < 5
     assert parsed["downstream"] == {"fetch": ["promote", "validate"], "validate": ["train"],
-                                    "train": ["evaluate"], "evaluate": ["promote"], "promote": []}
+                                    "train": ["evaluate"], "evaluate": ["promote"], "promote": ["forecast"],
+                                    "forecast": []}
     assert parsed["mapped"] == ["train"]
     assert parsed["fetch"]["retries"] >= 1 and 0 < parsed["fetch"]["timeout_s"] <= 3600
     assert (parsed["cron"], parsed["timezone"]) == ("30 16 * * 1-5", "Asia/Shanghai")
@@ -164,3 +165,11 @@ def test_airflow_dags_test_retrains_registers_and_promotes(tmp_path) -> None:
     summary = json.loads((tmp_path / "out" / "retrain_summary.json").read_text())
     assert summary["champion"] == champion and summary["decision"]["promoted"] is True
     assert {c["run_id"] for c in summary["candidates"]} == {r.info.run_id for r in trained}
+
+    # The champion's next forecast of the configured series, beside the summary: a value per
+    # step of the last window (a sequence model), by the champion's name and version.
+    import pandas as pd
+
+    forecast = pd.read_csv(tmp_path / "out" / "forecast.csv")
+    assert len(forecast) == 20 and forecast["cos"].notna().all()  # TINY: data.lookback=20
+    assert set(forecast["model"]) == {"sine-forecaster"} and set(forecast["version"].astype(str)) == {champion}

@@ -15,6 +15,15 @@ def _target_steps(spec: NetworkSpec) -> int:
     return spec.lookback if spec.mode == "sequence" else spec.horizon
 
 
+def _loss_function(net: Forecaster, classify: bool):
+    """(prediction, scaled truth) -> scalar loss, for the network's task and head."""
+    if classify:
+        return nn.BCEWithLogitsLoss()
+    if net.distribution.is_point:
+        return nn.MSELoss()
+    return net.distribution.loss  # pinball or NLL over the head's parameters
+
+
 class EpochLoss:
     """A loss's mean over an epoch's windows, kept as a running tensor sum: a step adds to it and
     never waits for a value. Lightning's self.log does Python work on every call (about 0.4 ms
@@ -43,6 +52,10 @@ class EpochLoss:
 class ForecastModule(L.LightningModule):
     """Loss on scaled targets (well conditioned); metrics on raw-scale targets (what users read).
 
+    The loss is the head's: MSE (point), pinball (quantile), negative log-likelihood (gaussian,
+    student_t), BCE with logits (classification); {train,val,test}/loss log it. The metrics read
+    the point forecast (a distribution head's median), so they compare across heads.
+
     Logs train/loss, and per epoch {val,test}/loss with the task's metrics:
     regression mse, mae, rmse; classification accuracy, log_loss, exact_match.
     Values are not range-checked here: pipeline.config checks the config they come from.
@@ -59,17 +72,26 @@ class ForecastModule(L.LightningModule):
             previous value instead of its own prediction.
         recurrent_l2: L2 penalty on hidden-to-hidden weights (as in the SST encoder-decoder
             study), added to the training loss but not logged in train/loss.
+        gradient_clip_val: clip the gradients' global norm to this before each step (None: no
+            clipping). The module steps its optimizer itself (see training_step), so the clipping
+            is its own and the Trainer gets none.
     """
 
     def __init__(self, network: dict, lr: float = 1e-2, weight_decay: float = 0.0,
                  loss_from_step: int = 0, teacher_forcing: float = 0.0,
-                 recurrent_l2: float = 0.0) -> None:
+                 recurrent_l2: float = 0.0, gradient_clip_val: float | None = None) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
+        # Manual optimization: one backward and one step per batch, as Lightning's automatic loop
+        # would do, without its per-step closure machinery (about 0.4 ms a step on a 2-core CPU,
+        # a sixth of the default model's step: benchmarks/bench_training.py). Lightning still
+        # counts global steps, runs the precision plugin and DDP's gradient sync, and calls
+        # on_before_optimizer_step for callbacks and for the clipping below.
+        self.automatic_optimization = False
         spec = NetworkSpec.from_dict(network)
         self.net = Forecaster(spec)
         self.classify = spec.task == "classification"
-        self.loss_fn = nn.BCEWithLogitsLoss() if self.classify else nn.MSELoss()
+        self.loss_fn = _loss_function(self.net, self.classify)
         if self.classify:
             labels = (_target_steps(spec) - loss_from_step) * len(spec.targets)
             self.val_metrics = classification_metrics("val/", labels)
@@ -79,6 +101,15 @@ class ForecastModule(L.LightningModule):
             self.test_metrics = regression_metrics("test/")
         # Plain attributes, not state: losses are logged per epoch and never checkpointed.
         self._epoch_loss = {stage: EpochLoss() for stage in ("train", "val", "test")}
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning records the running hook in `_current_fx_name` about 30 times a step;
+        # nn.Module.__setattr__ looks for parameters, buffers and submodules each time. A hook's
+        # name (a str or None) is none of those, so it is stored as a plain attribute.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -103,7 +134,21 @@ class ForecastModule(L.LightningModule):
             # Logged at the epoch's last step, not in on_train_epoch_end: callbacks read
             # callback_metrics in their own on_train_epoch_end, which runs before the module's.
             self._log_epoch_loss("train")
-        return loss + self._recurrent_penalty()
+        self._step(loss + self._recurrent_penalty())
+        return loss
+
+    def _step(self, loss: torch.Tensor) -> None:
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Called inside optimizer.step() after backward and, under mixed precision, after the
+        # gradients are unscaled: the right place to clip them, as Lightning's own loop does.
+        if self.hparams.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.gradient_clip_val,
+                                gradient_clip_algorithm="norm")
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_loss("train")  # an epoch cut short (max_steps, a limit): what it saw

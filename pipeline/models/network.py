@@ -5,12 +5,14 @@ It imports no Lightning or MLflow, so the logged pyfunc model loads it with torc
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from pipeline.models.backbones import Backbone, State, build_backbone
+from pipeline.models.distributions import DEFAULT_QUANTILES, DistributionLayer
 from pipeline.models.heads import ForecastHead, SequenceHead
 from pipeline.models.seq2seq import Seq2SeqDecoder
 
@@ -36,6 +38,8 @@ class NetworkSpec:
         cell: seq2seq only: the backbone variant of encoder and decoder (default lstm).
         x_scaler: {"center": [...], "scale": [...]} per input column; identity if empty.
         y_scaler: the same per target column.
+        head: "point", "quantile", "gaussian" or "student_t" (pipeline.models.distributions).
+        quantiles: the levels a quantile head predicts and every non-point head reports.
     """
 
     variant: str
@@ -53,6 +57,9 @@ class NetworkSpec:
     cell: str | None = None
     x_scaler: dict = field(default_factory=dict)
     y_scaler: dict = field(default_factory=dict)
+    # After the scalers, with defaults: specs logged before heads existed load as point heads.
+    head: str = "point"
+    quantiles: list[float] = field(default_factory=lambda: list(DEFAULT_QUANTILES))
 
     @property
     def is_seq2seq(self) -> bool:
@@ -97,19 +104,22 @@ class LearnedInitialState(nn.Module):
         return h0, self.c0.expand(-1, batch, -1).contiguous()
 
 
-def _build_head(spec: NetworkSpec, backbone: Backbone) -> nn.Module:
+def _build_head(spec: NetworkSpec, backbone: Backbone, distribution: DistributionLayer) -> nn.Module:
     if spec.is_seq2seq:
         return Seq2SeqDecoder(spec.backbone_variant, len(spec.targets), spec.hidden_size,
-                              spec.num_layers, spec.dropout, backbone.num_directions, spec.horizon)
+                              spec.num_layers, spec.dropout, backbone.num_directions, spec.horizon,
+                              distribution)
     if spec.mode == "sequence":
-        return SequenceHead(backbone.output_size, len(spec.targets))
+        return SequenceHead(backbone.output_size, len(spec.targets), distribution)
     return ForecastHead(backbone.output_size, backbone.num_directions, len(spec.targets),
-                        spec.horizon)
+                        spec.horizon, distribution)
 
 
 class Forecaster(nn.Module):
     """Scalers + backbone + head. forward() works in scaled space (training); predict_raw()
-    takes and returns raw values.
+    takes and returns raw values. With a non-point head, forward() gives the distribution's
+    parameters and to_output() their median, so every point consumer reads the same shapes;
+    to_quantiles()/predict_quantiles() give the intervals.
 
     Args:
         spec: the architecture and scalers (see NetworkSpec). Its values are not checked here:
@@ -125,7 +135,9 @@ class Forecaster(nn.Module):
             LearnedInitialState(spec.num_layers * self.backbone.num_directions, spec.hidden_size,
                                 self.backbone.carries_cell_state)
             if spec.init_state == "learned" else None)
-        self.head = _build_head(spec, self.backbone)
+        # Shared by the head (which emits its parameters) and the readers below.
+        self.distribution = DistributionLayer(spec.head, spec.quantiles)
+        self.head = _build_head(spec, self.backbone, self.distribution)
         # Where each target sits among the inputs: seq2seq starts decoding from its last value.
         self._target_columns = [spec.inputs.index(t) for t in spec.targets if t in spec.inputs]
         for prefix, scaler, width in (("x", spec.x_scaler, len(spec.inputs)),
@@ -143,7 +155,8 @@ class Forecaster(nn.Module):
     def forward(self, x: torch.Tensor, teacher: torch.Tensor | None = None,
                 teacher_forcing: float = 0.0) -> torch.Tensor:
         """Scaled windows (batch, lookback, inputs) -> scaled predictions (regression) or logits
-        (classification), (batch, steps, targets): steps = lookback (sequence) or horizon.
+        (classification), (batch, steps, targets): steps = lookback (sequence) or horizon. A
+        non-point head gives scaled distribution parameters (batch, steps, targets, channels).
 
         teacher (batch, horizon, targets), scaled, and teacher_forcing only apply to seq2seq.
         """
@@ -154,10 +167,34 @@ class Forecaster(nn.Module):
         return self.head(outputs)
 
     def to_output(self, y: torch.Tensor) -> torch.Tensor:
-        """Network output -> what users read: raw-scale values, or probabilities for classes."""
+        """Network output -> what users read: raw-scale values (a distribution head's median),
+        or probabilities for classes; (batch, steps, targets) for every head."""
         if self.spec.task == "classification":
             return torch.sigmoid(y)
-        return y * self.y_scale + self.y_center
+        return self.distribution.median(y) * self.y_scale + self.y_center
+
+    @property
+    def levels(self) -> tuple[float, ...]:
+        """The quantile levels this network reports (its spec's), empty for a point head."""
+        return () if self.distribution.is_point else self.distribution.levels
+
+    def to_quantiles(self, y: torch.Tensor, levels: Sequence[float] | None = None) -> torch.Tensor:
+        """forward()'s parameters -> raw-scale quantiles (batch, steps, targets, levels) at
+        `levels` (default: the spec's). A point head raises ValueError."""
+        wanted = self.levels if levels is None else levels
+        scaled = self.distribution.quantiles(y, wanted)
+        # The scalers are affine with a positive scale, so quantiles map through them.
+        return scaled * self.y_scale[:, None] + self.y_center[:, None]
+
+    def to_parameters(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """forward()'s parameters -> raw-scale (batch, steps, targets) tensors: gaussian mu and
+        sigma, student_t also df (unitless). Other heads raise ValueError."""
+        if self.spec.head not in ("gaussian", "student_t"):
+            raise ValueError(f"the {self.spec.head} head has no mu/sigma: use to_quantiles")
+        out = {"mu": y[..., 0] * self.y_scale + self.y_center, "sigma": y[..., 1] * self.y_scale}
+        if self.spec.head == "student_t":
+            out["df"] = y[..., 2]
+        return out
 
     def unscale_y(self, y: torch.Tensor) -> torch.Tensor:
         """Scaled targets -> raw targets (identity for class labels, which are never scaled)."""
@@ -168,3 +205,11 @@ class Forecaster(nn.Module):
         """(batch, lookback, inputs) raw values -> (batch, steps, targets) raw-scale predictions."""
         x = (x_raw - self.x_center) / self.x_scale
         return self.to_output(self(x))
+
+    @torch.no_grad()
+    def predict_quantiles(self, x_raw: torch.Tensor,
+                          levels: Sequence[float] | None = None) -> torch.Tensor:
+        """(batch, lookback, inputs) raw values -> (batch, steps, targets, levels) raw-scale
+        quantiles at `levels` (default: the spec's)."""
+        x = (x_raw - self.x_center) / self.x_scale
+        return self.to_quantiles(self(x), levels)

@@ -2,7 +2,8 @@
 
 The encoder reads the window; its final state seeds a decoder that emits one step at a time,
 fed either the true previous value (teacher forcing, training only, per sample with probability
-`teacher_forcing`) or its own previous prediction (always at validation and test).
+`teacher_forcing`) or its own previous point forecast (always at validation and test): with a
+distribution head, the median of the step's distribution.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.models.backbones import State, build_backbone
+from pipeline.models.distributions import DistributionLayer
 
 
 class Seq2SeqDecoder(nn.Module):
@@ -25,16 +27,19 @@ class Seq2SeqDecoder(nn.Module):
         encoder_directions: 2 when the encoder is bidirectional; its two final states per layer
             are then merged into one through a learned bridge.
         horizon: future steps decoded.
+        distribution: the output layer of each step (default: a point forecast).
     """
 
     def __init__(self, variant: str, n_targets: int, hidden_size: int, num_layers: int,
-                 dropout: float, encoder_directions: int, horizon: int) -> None:
+                 dropout: float, encoder_directions: int, horizon: int,
+                 distribution: DistributionLayer | None = None) -> None:
         super().__init__()
         self.backbone = build_backbone(variant, n_targets, hidden_size, num_layers, dropout,
                                        bidirectional=False)
         self.num_layers, self.hidden_size, self.horizon = num_layers, hidden_size, horizon
         self.bridge = nn.Linear(2 * hidden_size, hidden_size) if encoder_directions == 2 else None
-        self.proj = nn.Linear(hidden_size, n_targets)
+        self.distribution = distribution or DistributionLayer()
+        self.proj = nn.Linear(hidden_size, n_targets * self.distribution.channels)
 
     def _merge(self, state: torch.Tensor) -> torch.Tensor:
         # (layers * 2, batch, hidden) -> (layers, batch, 2 * hidden) -> (layers, batch, hidden)
@@ -52,15 +57,17 @@ class Seq2SeqDecoder(nn.Module):
     def forward(self, state: State, first_input: torch.Tensor,
                 teacher: torch.Tensor | None = None, teacher_forcing: float = 0.0) -> torch.Tensor:
         """The encoder's final state and first_input (batch, n_targets), the last observed
-        values, -> (batch, horizon, n_targets); teacher (batch, horizon, n_targets) is the truth
-        fed back with probability teacher_forcing."""
+        values, -> (batch, horizon, n_targets) (point) or (batch, horizon, n_targets, channels)
+        distribution parameters; teacher (batch, horizon, n_targets) is the truth fed back with
+        probability teacher_forcing."""
         state = self.bridge_state(state)
         step_input = first_input[:, None, :]  # (batch, 1, n_targets)
         outputs = []
         for step in range(self.horizon):
             out, state = self.backbone(step_input, state)
-            prediction = self.proj(out)  # (batch, 1, n_targets)
-            outputs.append(prediction)
+            params = self.distribution(self.proj(out))  # (batch, 1, n_targets[, channels])
+            outputs.append(params)
+            prediction = self.distribution.median(params)  # (batch, 1, n_targets)
             step_input = prediction
             if teacher is not None and teacher_forcing > 0:
                 forced = torch.rand(len(prediction), 1, 1, device=prediction.device) < teacher_forcing

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 
+from pipeline.config import PROBABILISTIC_METRICS
 from pipeline.errors import ConfigError, TrackingError
-from pipeline.evaluate import score
+from pipeline.evaluate import interval_scores_on_windows, score
 from pipeline.models.network import Forecaster
 from pipeline.tracking.pyfunc import load_registered_network
 from pipeline.tracking.store import Store
@@ -71,7 +72,11 @@ def score_on_windows(net: Forecaster, windows: dict[str, np.ndarray], metric: st
     pred = net.predict_raw(torch.as_tensor(x[:, -spec.lookback:], dtype=torch.float32)).numpy()
     if pred.shape != y.shape:
         return None
-    value = score(y[:, start:], pred[:, start:], task).get(metric)
+    if metric in PROBABILISTIC_METRICS:
+        # Interval scores need the quantiles: a point-head version has none and cannot be ranked.
+        value = interval_scores_on_windows(net, x[:, -spec.lookback:], y, start).get(metric)
+    else:
+        value = score(y[:, start:], pred[:, start:], task).get(metric)
     return None if value is None or not np.isfinite(value) else float(value)
 
 

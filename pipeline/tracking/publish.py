@@ -14,11 +14,17 @@ import pandas as pd
 import yaml
 
 from pipeline.data.datamodule import PreparedData
-from pipeline.evaluate import metrics_with_baselines, one_prediction_per_row, predictions_frame
+from pipeline.evaluate import (
+    metrics_with_baselines,
+    one_prediction_per_row,
+    predictions_frame,
+    probabilistic_metrics,
+)
+from pipeline.intervals import calibration_curves
 from pipeline.models.network import Forecaster
 from pipeline.secrets import redact
 from pipeline.tracking.champion import save_test_windows
-from pipeline.tracking.plots import plot_forecast, plot_loss_curve
+from pipeline.tracking.plots import plot_calibration, plot_forecast, plot_loss_curve
 from pipeline.tracking.pyfunc import LoggedModel, log_forecaster
 from pipeline.tracking.run import RunHandle
 
@@ -67,8 +73,23 @@ def log_baseline_metrics(handle: RunHandle, preds: pd.DataFrame, prepared: Prepa
     return metrics
 
 
+def log_interval_metrics(handle: RunHandle, net: Forecaster, prepared: PreparedData,
+                         preds: pd.DataFrame, evaluation: Evaluation) -> dict[str, float]:
+    """A probabilistic head's coverage, width, pinball and CRPS beside persistence's (and the
+    split-conformal figures), on the windows the point metrics use; nothing for a point head."""
+    if evaluation.task != "regression":
+        return {}
+    metrics = probabilistic_metrics(net, prepared, evaluation.scored_from, evaluation.season,
+                                    preds=preds)
+    if metrics:
+        handle.client.log_batch(handle.run_id, metrics=[
+            mlflow.entities.Metric(k, v, 0, 0) for k, v in metrics.items()])
+    return metrics
+
+
 def write_run_files(handle: RunHandle, net: Forecaster, prepared: PreparedData, preds: pd.DataFrame,
-                    config: Mapping[str, Any], evaluation: Evaluation, out: Path) -> None:
+                    config: Mapping[str, Any], evaluation: Evaluation, out: Path,
+                    interval_metrics: Mapping[str, float] | None = None) -> None:
     (out / "config").mkdir()
     (out / "config" / "config.yaml").write_text(yaml.safe_dump(redact(dict(config)), sort_keys=False))
     (out / "predictions").mkdir()
@@ -81,18 +102,33 @@ def write_run_files(handle: RunHandle, net: Forecaster, prepared: PreparedData, 
     plot_forecast(prepared.frame[prepared.targets], one_prediction_per_row(preds, prepared.spec.mode),
                   prepared.frame.index.name or "index", out / "plots" / "forecast.png",
                   title=f"{title}: forecast vs truth")
+    if interval_metrics:
+        plot_calibration(calibration_curves(interval_metrics), out / "plots" / "calibration.png",
+                         title=f"{title}: interval calibration")
 
 
 def publish_results(handle: RunHandle, net: Forecaster, prepared: PreparedData,
                     config: Mapping[str, Any], best_checkpoint: str | None,
-                    registered_model: str | None, evaluation: Evaluation = Evaluation()) -> LoggedModel:
+                    registered_model: str | None, evaluation: Evaluation = Evaluation(),
+                    log_model: bool = True) -> LoggedModel | None:
+    """Baselines, artifacts, the best checkpoint and (unless `log_model` is false) the model.
+
+    A sweep trial passes log_model=False: only the study's best trial gets a model, later, from
+    the checkpoint kept here (publish_model), so the other trials skip the costliest step."""
     preds = predictions_frame(net, prepared)
     log_baseline_metrics(handle, preds, prepared, evaluation)
+    interval_metrics = log_interval_metrics(handle, net, prepared, preds, evaluation)
     with tempfile.TemporaryDirectory(prefix="run-files-") as tmp:
-        write_run_files(handle, net, prepared, preds, config, evaluation, Path(tmp))
+        write_run_files(handle, net, prepared, preds, config, evaluation, Path(tmp), interval_metrics)
         handle.client.log_artifacts(handle.run_id, tmp)
     if best_checkpoint:
         handle.client.log_artifact(handle.run_id, best_checkpoint, "checkpoints")
+    return publish_model(handle, net, prepared, registered_model) if log_model else None
+
+
+def publish_model(handle: RunHandle, net: Forecaster, prepared: PreparedData,
+                  registered_model: str | None) -> LoggedModel:
+    """The pyfunc model in the run and, if named, a new version of `registered_model`, tagged."""
     logged = log_forecaster(handle, net, input_example(prepared), registered_model)
     if logged.version:
         tag_version(handle, logged, net)

@@ -19,10 +19,12 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 import pipeline
+from pipeline.intervals import level_label
 from pipeline.models.network import Forecaster, NetworkSpec
 
 _PACKAGE_DIR = Path(pipeline.__file__).parent
@@ -36,13 +38,49 @@ def load_network(spec_path: str | Path, weights_path: str | Path) -> Forecaster:
     return net.eval()
 
 
+class RequestError(MlflowException):
+    """MLflow's invalid-parameter error (HTTP 400 from its scoring server) whose message stays
+    one line. The scoring server rewrites the message of any MlflowException raised by predict to
+    "Failed to predict data '<the whole request frame>'. \nError: ..." (mlflow.pyfunc.scoring_server
+    .invocations), which would answer a bad request with a dump of the request; this message
+    keeps the one line that names the problem, and ignores that rewrite."""
+
+    def __init__(self, message: str) -> None:
+        self._line = " ".join(str(message).split())
+        super().__init__(self._line, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._line
+
+    @message.setter
+    def message(self, _rewritten: str) -> None:
+        pass
+
+
 def bad_request(message: str) -> MlflowException:
     """MLflow's invalid-parameter error: its scoring server answers it as HTTP 400, one line."""
-    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+    return RequestError(message)
+
+
+def numeric_column(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """One input column as float32; a value that is not a number (text, a boolean) is refused
+    naming the column and the row. Missing values (null) become NaN, refused by the caller."""
+    values = rows[column]
+    if pd.api.types.is_bool_dtype(values):
+        raise bad_request(f"input column {column!r} holds booleans; send numbers")
+    numbers = pd.to_numeric(values, errors="coerce")
+    wrong = numbers.isna() & values.notna()
+    if wrong.any():
+        at = int(np.flatnonzero(wrong.to_numpy())[0])
+        raise bad_request(f"input column {column!r} must hold numbers; row {at} of the last "
+                          f"{len(rows)} holds {str(values.iloc[at])[:40]!r}")
+    return numbers.to_numpy(dtype=np.float32)
 
 
 def recent_window(net: Forecaster, recent: pd.DataFrame) -> torch.Tensor:
-    """The last `lookback` rows of the input columns, checked: a bad request names what is wrong."""
+    """The last `lookback` rows of the input columns, checked: a bad request names what is wrong.
+    These checks are the model's input contract (the signature leaves them to it: input_schema)."""
     spec = net.spec
     missing = [c for c in spec.inputs if c not in recent.columns]
     if missing:
@@ -50,22 +88,28 @@ def recent_window(net: Forecaster, recent: pd.DataFrame) -> torch.Tensor:
     if len(recent) < spec.lookback:
         raise bad_request(f"input has {len(recent)} rows; the model needs the last {spec.lookback}")
     rows = recent[spec.inputs].iloc[-spec.lookback:]
-    try:
-        values = rows.to_numpy(dtype=np.float32)
-    except (TypeError, ValueError):
-        raise bad_request(f"input columns {spec.inputs} must hold numbers") from None
+    values = np.stack([numeric_column(rows, c) for c in spec.inputs], axis=1)
     if not np.isfinite(values).all():
         column = spec.inputs[int(np.flatnonzero(~np.isfinite(values).all(axis=0))[0])]
         raise bad_request(f"input column {column!r} has NaN or infinite values in the last "
                           f"{spec.lookback} rows; send observed values only")
-    return torch.tensor(values)  # a copy: the request's array may be read-only
+    return torch.from_numpy(values)  # np.stack made a fresh, writable array
 
 
+@torch.no_grad()
 def forecast_frame(net: Forecaster, recent: pd.DataFrame) -> pd.DataFrame:
-    """The last `lookback` rows of the input columns -> a frame of raw-scale predictions."""
+    """The last `lookback` rows of the input columns -> a frame of raw-scale predictions: one
+    column per target (the point forecast: the median for a probabilistic head) and, for a
+    probabilistic head, `<target>_q<level>` per quantile level, in increasing order."""
     spec = net.spec
-    pred = net.predict_raw(recent_window(net, recent)[None])[0].numpy().astype(np.float64)
-    out = pd.DataFrame(pred, columns=spec.targets)
+    x_raw = recent_window(net, recent)[None]
+    params = net((x_raw - net.x_center) / net.x_scale)  # one pass for the point and the quantiles
+    out = pd.DataFrame(net.to_output(params)[0].numpy().astype(np.float64), columns=spec.targets)
+    if net.levels:
+        quantiles = net.to_quantiles(params)[0].numpy().astype(np.float64)  # (steps, targets, levels)
+        for t, target in enumerate(spec.targets):
+            for q, level in enumerate(net.levels):
+                out[f"{target}_{level_label(level)}"] = quantiles[:, t, q]
     out.insert(0, "step", np.arange(1, len(out) + 1) if spec.mode == "forecast" else np.arange(len(out)))
     return out
 
@@ -85,11 +129,31 @@ class LoggedModel:
     version: str | None
 
 
-def _requirements() -> list[str]:
+def input_schema(spec: NetworkSpec) -> Schema:
+    """The input columns, each of any type and optional. MLflow enforces a signature before the
+    model's predict runs, and its refusals of a missing column or a wrong type are multi-line
+    dumps of the request; declared this way MLflow passes the request through and the model's
+    own checks (recent_window) refuse it in one line naming the column."""
+    return Schema([ColSpec(AnyType(), name, required=False) for name in spec.inputs])
+
+
+def model_signature(net: Forecaster, input_example: pd.DataFrame) -> ModelSignature:
+    output_example = forecast_frame(net, input_example)
+    with warnings.catch_warnings():
+        # The integer `step` column is never missing; MLflow's generic hint does not apply.
+        warnings.filterwarnings("ignore", ".*Inferred schema contains integer column.*")
+        outputs = infer_signature(input_example, output_example).outputs
+    return ModelSignature(inputs=input_schema(net.spec), outputs=outputs)
+
+
+def _requirements(spec: NetworkSpec) -> list[str]:
     # Pinned explicitly: MLflow's inference would re-import the model in a subprocess (slow).
     torch_version = torch.__version__.split("+")[0]
-    return [f"torch=={torch_version}", f"pandas=={version('pandas')}", f"numpy=={version('numpy')}",
+    pins = [f"torch=={torch_version}", f"pandas=={version('pandas')}", f"numpy=={version('numpy')}",
             f"mlflow=={mlflow.__version__}"]
+    if spec.head == "student_t":
+        pins.append(f"scipy=={version('scipy')}")  # Student-t quantiles (scipy.special.stdtrit)
+    return pins
 
 
 def log_forecaster(handle, net: Forecaster, input_example: pd.DataFrame,
@@ -105,11 +169,7 @@ def log_forecaster(handle, net: Forecaster, input_example: pd.DataFrame,
         code = shutil.copytree(_PACKAGE_DIR, Path(tmp, "code", "pipeline"),
                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         torch.save(net.state_dict(), weights_path)
-        output_example = forecast_frame(net, input_example)
-        with warnings.catch_warnings():
-            # The integer `step` column is never missing; MLflow's generic hint does not apply.
-            warnings.filterwarnings("ignore", ".*Inferred schema contains integer column.*")
-            signature = infer_signature(input_example, output_example)
+        signature = model_signature(net, input_example)
 
         def log_model():
             # mlflow.pyfunc.log_model exists in fluent form only: the run is made active in its store.
@@ -121,7 +181,7 @@ def log_forecaster(handle, net: Forecaster, input_example: pd.DataFrame,
                     code_paths=[str(code)],
                     signature=signature,
                     input_example=input_example,
-                    pip_requirements=_requirements(),
+                    pip_requirements=_requirements(net.spec),
                     registered_model_name=registered_model,
                 )
 
@@ -131,8 +191,9 @@ def log_forecaster(handle, net: Forecaster, input_example: pd.DataFrame,
                        version=str(version_number) if version_number is not None else None)
 
 
-def load_registered_network(store, name: str, version: str | int) -> Forecaster:
-    """The network of version `version` of registered model `name` in `store` (a store.Store).
+def load_registered_model(store, name: str, version: str | int):
+    """The pyfunc model (mlflow.pyfunc.PyFuncModel) of version `version` of registered model
+    `name` in `store` (a store.Store).
 
     The version's artifact location comes from the store's own client and is downloaded with
     the store's URI given explicitly: MLflow's process-global tracking URI plays no part (a
@@ -145,7 +206,11 @@ def load_registered_network(store, name: str, version: str | int) -> Forecaster:
                                   dst_path=tmp, tracking_uri=store.mlflow_uri)
         saved_path = list(sys.path)
         try:
-            model = mlflow.pyfunc.load_model(local)
+            return mlflow.pyfunc.load_model(local)
         finally:
             sys.path[:] = saved_path
-    return model.unwrap_python_model().net
+
+
+def load_registered_network(store, name: str, version: str | int) -> Forecaster:
+    """The network of a registered version (see load_registered_model)."""
+    return load_registered_model(store, name, version).unwrap_python_model().net

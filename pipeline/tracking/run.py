@@ -27,6 +27,9 @@ from pipeline.tracking.store import ServerLost, Store
 
 log = logging.getLogger(__name__)
 
+# What MLflow's fluent `start_run(nested=True)` sets; the UI nests a run under this parent.
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
 
 @dataclass(frozen=True)
 class RunHandle:
@@ -100,11 +103,16 @@ def _first_line(exc: MlflowException) -> str:
 
 
 def open_run(store: Store, experiment: str, run_name: str, tags: Mapping[str, str],
-             config: Mapping[str, Any]) -> RunHandle:
-    """Create the run (status RUNNING) with params and tags; only global rank zero calls this."""
+             config: Mapping[str, Any], parent_run_id: str | None = None) -> RunHandle:
+    """Create the run (status RUNNING) with params and tags; only global rank zero calls this.
+    With `parent_run_id` it is a child run (MLflow's `mlflow.parentRunId` tag nests it under
+    its parent in the UI), e.g. a sweep trial under its study's run."""
+    tags = dict(redact(dict(tags)))
+    if parent_run_id:
+        tags[PARENT_RUN_TAG] = parent_run_id
     try:
         experiment_id = store.experiment(experiment)
-        run = store.client.create_run(experiment_id, run_name=run_name, tags=dict(redact(dict(tags))))
+        run = store.client.create_run(experiment_id, run_name=run_name, tags=tags)
     except MlflowException as exc:
         raise TrackingError(f"cannot open a run in {store.public_uri}: {_first_line(exc)}") from None
     handle = RunHandle(store, run.info.run_id, run_name, experiment_id, experiment)
