@@ -8,7 +8,10 @@ three ``bench_rnn.py`` shapes (peephole cell, 4 gate blocks), round-robin, media
 
 * tanh(c) per step: ``torch.tanh`` or ``2 * sigmoid(2c) - 1`` (two ops);
 * weight gradients over all steps: ``dz^T @ inputs`` or ``(inputs^T @ dz)^T``;
-* input gradient: ``dz @ W_ih`` with W_ih as stored or copied to column-major.
+* input gradient: ``dz @ W_ih`` with W_ih as stored or copied to column-major;
+* the C++ loop's recurrent matmul per step (``z_t.addmm_(h, W_hh^T)``): W_hh^T as a transposed
+  view of the stored weight or as a contiguous copy (the PyTorch loop makes one anyway, since it
+  scales the weight).
 
 Results go to ``<out>/kernel_choices_cpu.json`` and ``.md`` (default ``.bench/``).
 """
@@ -35,6 +38,9 @@ def alternatives(batch: int, steps: int, inputs: int, hidden: int) -> dict[str, 
     dz = torch.randn(steps * batch, 4 * hidden)
     x, h_prev = torch.randn(steps * batch, inputs), torch.randn(steps * batch, hidden)
     w_ih = torch.randn(4 * hidden, inputs)
+    w_hh = torch.randn(4 * hidden, hidden)
+    w_hh_t = w_hh.t().contiguous()
+    z, h = torch.randn(batch, 4 * hidden), torch.randn(batch, hidden)
 
     def tanh_via_sigmoid() -> None:
         torch.add(c, c, out=out).sigmoid_()
@@ -52,6 +58,10 @@ def alternatives(batch: int, steps: int, inputs: int, hidden: int) -> dict[str, 
         "grad W_hh": {
             "dz^T @ h": lambda: dz.t() @ h_prev,
             "(h^T @ dz)^T": lambda: (h_prev.t() @ dz).t(),
+        },
+        "recurrent addmm, one step": {
+            "W_hh.t() view": lambda: z.addmm_(h, w_hh.t()),
+            "contiguous W_hh^T": lambda: z.addmm_(h, w_hh_t),
         },
         "grad x": {
             "dz @ W_ih": lambda: dz @ w_ih,

@@ -2,10 +2,12 @@
 
 Usage: python benchmarks/bench_rnn.py [--device cpu|cuda] [--repeats 7] [--runs 3] [--out DIR]
 
-Rows, at each of three shapes:
+Rows, at each of three shapes on CPU (one shape, in float32 and bfloat16, on CUDA):
 
-* ``torch.nn.LSTM`` (the baseline of every ratio), ``torch.nn.GRU``, ``torch.nn.RNN``;
-* ``PeepholeLSTM (fused)``, ``CoupledLSTM (fused)``: this project's kernels;
+* ``torch.nn.LSTM`` (the baseline of every ratio; oneDNN on CPU, cuDNN on CUDA),
+  ``torch.nn.GRU``, ``torch.nn.RNN``;
+* ``PeepholeLSTM``, ``CoupledLSTM``: this project's kernels, once with the time loops in C++
+  (``PIPELINE_FUSED_BACKEND=cpp``, CPU only) and once with them in PyTorch ops (``python``);
 * autograd references, on the fused modules' own parameters and checked to give their output
   before they are timed: the same cell as an eager per-step loop, once with the input matmul
   inside the loop and once hoisted out of it (one matmul for all steps), and the hoisted loop
@@ -27,12 +29,13 @@ Pass ``--out benchmarks/results`` to update the recorded results.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.models import _fused_ext
 from pipeline.models.fused_lstm import CoupledLSTM, PeepholeLSTM
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,10 +51,13 @@ DEFAULT_OUT = REPO_ROOT / ".bench"
 
 # (batch, steps, inputs, hidden); the second is the default training shape.
 SHAPES = ((64, 64, 8, 64), (32, 40, 1, 32), (128, 128, 16, 128))
+CUDA_SHAPES = ((256, 128, 16, 128),)
+DTYPES = {"cpu": (torch.float32,), "cuda": (torch.float32, torch.bfloat16)}
 WARMUP = 2  # calls per row and pass before timing; torch.compile compiles in the first
 BASELINE = "torch.nn.LSTM"
 WITHIN = 1.10  # a reference "matches" the fused kernel at or below this time ratio
-MATCH_ATOL = 1e-4  # references must reproduce the fused output before they are timed
+# References must reproduce the fused output before they are timed; bfloat16 keeps 8 bits.
+MATCH_ATOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
 
 
 # --- autograd references ------------------------------------------------------
@@ -120,23 +127,51 @@ class Variant:
     name: str
     model: nn.Module
     counterpart: str | None = None  # the fused row an autograd reference reproduces
+    backend: str | None = None  # PIPELINE_FUSED_BACKEND while this row runs
 
 
-def build_variants(inputs: int, hidden: int) -> list[Variant]:
+@contextlib.contextmanager
+def fused_backend(value: str | None) -> Iterator[None]:
+    """Run with ``PIPELINE_FUSED_BACKEND=value`` (unchanged for None)."""
+    saved = os.environ.get(_fused_ext.ENV_VAR)
+    if value is not None:
+        os.environ[_fused_ext.ENV_VAR] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(_fused_ext.ENV_VAR, None)
+        else:
+            os.environ[_fused_ext.ENV_VAR] = saved
+
+
+def fused_backends(device: torch.device) -> dict[str, str]:
+    """Row label -> backend: both loops on CPU; on CUDA only the PyTorch one applies."""
+    labels = {"cpp": "C++ loop", "python": "PyTorch loop"}
+    backends = ("cpp", "python") if device.type == "cpu" else ("python",)
+    return {backend: labels[backend] for backend in backends}
+
+
+def build_variants(inputs: int, hidden: int, device: torch.device) -> list[Variant]:
     peephole = PeepholeLSTM(inputs, hidden)
     with torch.no_grad():  # non-zero peepholes, so that the output check means something
         for name, param in peephole.named_parameters():
             if "peephole" in name:
                 param.uniform_(-0.5, 0.5)
     coupled = CoupledLSTM(inputs, hidden)
-    fused = {"peephole": ("PeepholeLSTM (fused)", peephole, peephole_step)}
-    fused["coupled"] = ("CoupledLSTM (fused)", coupled, coupled_step)
+    backends = fused_backends(device)
     variants = [
         Variant(BASELINE, nn.LSTM(inputs, hidden, batch_first=True)),
         Variant("torch.nn.GRU", nn.GRU(inputs, hidden, batch_first=True)),
         Variant("torch.nn.RNN", nn.RNN(inputs, hidden, batch_first=True)),
     ]
-    variants += [Variant(name, model) for name, model, _ in fused.values()]
+    for cls_name, model in (("PeepholeLSTM", peephole), ("CoupledLSTM", coupled)):
+        for backend, label in backends.items():
+            variants.append(Variant(f"{cls_name} (fused, {label})", model, backend=backend))
+    # References are compared with the fastest fused loop of this device, listed first.
+    first = next(iter(backends.values()))
+    fused = {"peephole": (f"PeepholeLSTM (fused, {first})", peephole, peephole_step)}
+    fused["coupled"] = (f"CoupledLSTM (fused, {first})", coupled, coupled_step)
     name, model, step = fused["peephole"]
     variants.append(
         Variant("eager peephole, input matmul per step", AutogradLoop(model, step, False), name)
@@ -198,38 +233,50 @@ class ReferenceMismatch(RuntimeError):
     """An autograd reference does not compute what its fused counterpart computes."""
 
 
+def with_backend(variant: Variant, job: Callable[[], None]) -> Callable[[], None]:
+    if variant.backend is None:
+        return job
+
+    def run() -> None:
+        with fused_backend(variant.backend):
+            job()
+
+    return run
+
+
 def check_and_warm_up(variant: Variant, x: Tensor, outputs: dict[str, Tensor]) -> float:
     """Check a reference's output against its counterpart, then warm up; return seconds taken.
 
-    The first calls are where ``torch.compile`` compiles, so its failures surface here.
+    The first calls are where ``torch.compile`` compiles (and where the C++ loops are built,
+    unless already cached), so their failures surface here.
     """
     start = time.perf_counter()
-    with torch.no_grad():
-        outputs[variant.name] = variant.model(x)[0]
+    with torch.no_grad(), fused_backend(variant.backend):
+        outputs[variant.name] = variant.model(x)[0].float()
     if variant.counterpart is not None:
         diff = (outputs[variant.name] - outputs[variant.counterpart]).abs().max().item()
-        if not diff <= MATCH_ATOL:
+        if not diff <= MATCH_ATOL[x.dtype]:
             raise ReferenceMismatch(
                 f"{variant.name} differs from {variant.counterpart} by {diff:.2e}: "
                 "the reference does not compute the same function, so its timing means nothing"
             )
     for make in (forward_only, forward_backward):
-        job = make(variant.model, x)
+        job = with_backend(variant, make(variant.model, x))
         for _ in range(WARMUP):
             job()
     return time.perf_counter() - start
 
 
 def measure_shape(
-    shape: tuple[int, int, int, int], repeats: int, device: torch.device
+    shape: tuple[int, int, int, int], repeats: int, device: torch.device, dtype: torch.dtype
 ) -> dict[str, dict]:
     """One run at one shape: per row medians, ratios, warm-up time, or the failure reason."""
     batch, steps, inputs, hidden = shape
     torch.manual_seed(0)
-    variants = build_variants(inputs, hidden)
+    variants = build_variants(inputs, hidden, device)
     for variant in variants:
-        variant.model.to(device)
-    x = torch.randn(batch, steps, inputs, device=device, requires_grad=True)
+        variant.model.to(device=device, dtype=dtype)
+    x = torch.randn(batch, steps, inputs, device=device, dtype=dtype, requires_grad=True)
 
     rows: dict[str, dict] = {}
     outputs: dict[str, Tensor] = {}
@@ -250,7 +297,7 @@ def measure_shape(
 
     timed = make_timer(device)
     jobs = {
-        (variant.name, kind): make(variant.model, x)
+        (variant.name, kind): with_backend(variant, make(variant.model, x))
         for variant in timed_variants
         for kind, make in (("forward_ms", forward_only), ("fwd_bwd_ms", forward_backward))
     }
@@ -374,8 +421,9 @@ def machine_info(device: torch.device) -> dict[str, object]:
     return info
 
 
-def shape_label(shape: tuple[int, int, int, int]) -> str:
-    return "B={} T={} I={} H={}".format(*shape)
+def shape_label(shape: tuple[int, int, int, int], dtype: torch.dtype) -> str:
+    label = "B={} T={} I={} H={}".format(*shape)
+    return label if dtype == torch.float32 else f"{label} {str(dtype).removeprefix('torch.')}"
 
 
 def ratio_cell(row: dict, key: str) -> str:
@@ -393,6 +441,8 @@ def markdown(report: dict) -> str:
         "warm-up calls; ms columns: median over runs of the per-run medians; ratio columns: "
         "median over runs (min-max over runs)",
         f"- torch.compile: {report['torch_compile']}",
+        f"- C++ loops (pipeline/models/csrc/fused_lstm.cpp) built with: "
+        f"{report['cpp_loop_build_flags']}",
         "",
         "| variant | shape | forward ms | fwd+bwd ms | fastest fwd+bwd ms | ratio fwd "
         "| ratio fwd+bwd | fwd+bwd vs fused |",
@@ -457,14 +507,16 @@ def main() -> None:
     device = torch.device(args.device)
     machine = machine_info(device)
     started = time.perf_counter()
-    runs_by_shape = {shape: [] for shape in SHAPES}
+    shapes_here = SHAPES if device.type == "cpu" else CUDA_SHAPES
+    cases = [(shape, dtype) for shape in shapes_here for dtype in DTYPES[device.type]]
+    runs_by_case: dict[tuple, list] = {case: [] for case in cases}
     for _ in range(args.runs):
-        for shape in SHAPES:
-            runs_by_shape[shape].append(measure_shape(shape, args.repeats, device))
+        for shape, dtype in cases:
+            runs_by_case[shape, dtype].append(measure_shape(shape, args.repeats, device, dtype))
     machine["load_average_1min_at_end"] = load_average()
     shapes = [
-        {"shape": shape_label(shape), "rows": summarise(runs), "runs": runs}
-        for shape, runs in runs_by_shape.items()
+        {"shape": shape_label(shape, dtype), "rows": summarise(runs), "runs": runs}
+        for (shape, dtype), runs in runs_by_case.items()
     ]
     report = {
         "device": args.device,
@@ -473,6 +525,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "machine": machine,
         "torch_compile": "torch.compile(step, dynamic=True), default inductor backend and mode",
+        "cpp_loop_build_flags": " ".join(_fused_ext.build_directory()[2]),
         "shapes": shapes,
         "decision": decide(shapes),
     }

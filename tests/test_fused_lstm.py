@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torch.func import functional_call
 
+from pipeline.models import _fused_ext
 from pipeline.models.fused_lstm import CoupledLSTM, PeepholeLSTM
 
 ATOL = RTOL = 1e-5
@@ -506,3 +507,209 @@ def test_runs_in_parameter_dtype_under_autocast(model_cls):
     torch.testing.assert_close(output, expected, atol=0, rtol=0)
     output.sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+# --- C++ time loops vs PyTorch loops (pipeline/models/_fused_ext.py) ----------------
+
+TIGHT = 1e-10  # float64: the two loops differ only in rounding
+
+BACKENDS = ["cpp", "python"]
+
+
+@pytest.fixture
+def backend_env(monkeypatch):
+    """Set ``PIPELINE_FUSED_BACKEND`` for one test."""
+
+    def use(value: str) -> None:
+        monkeypatch.setenv(_fused_ext.ENV_VAR, value)
+
+    return use
+
+
+def run_on_backend(backend_env, backend, model, x, state):
+    backend_env(backend)
+    return run_and_grad(model, x, state)
+
+
+def assert_close_runs(actual, expected, tol):
+    (out_a, grads_a), (out_e, grads_e) = actual, expected
+    for a, e in zip(out_a, out_e, strict=True):
+        torch.testing.assert_close(a, e, atol=tol, rtol=tol)
+    assert set(grads_a) == set(grads_e)
+    for name in grads_e:
+        torch.testing.assert_close(
+            grads_a[name], grads_e[name], atol=tol, rtol=tol, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+@pytest.mark.parametrize(("num_layers", "bidirectional"), STACKS, ids=STACK_IDS)
+@pytest.mark.parametrize(
+    ("model_cls", "step"),
+    [(PeepholeLSTM, eager_peephole_step), (CoupledLSTM, eager_coupled_step)],
+    ids=["peephole", "coupled"],
+)
+def test_cpp_and_python_loops_agree_with_eager_float64(
+    backend_env, model_cls, step, num_layers, bidirectional
+):
+    torch.manual_seed(0)
+    model = model_cls(INPUTS, HIDDEN, num_layers, bidirectional=bidirectional).double()
+    randomise_peepholes(model)
+    x = torch.randn(BATCH, STEPS, INPUTS, dtype=torch.float64)
+    state = random_state(model, BATCH, torch.float64)
+    cpp = run_on_backend(backend_env, "cpp", model, x, state)
+    model.zero_grad()
+    python = run_on_backend(backend_env, "python", model, x, state)
+    model.zero_grad()
+    eager = run_and_grad_eager(model, step, x, state)
+    assert_close_runs(cpp, python, TIGHT)
+    assert_close_runs(cpp, eager, TIGHT)
+
+
+@pytest.mark.parametrize("model_cls", [PeepholeLSTM, CoupledLSTM])
+def test_cpp_and_python_loops_agree_float32_at_a_training_shape(backend_env, model_cls):
+    # A shape where the C++ gate pass covers full vector lanes and a remainder (H = 37).
+    torch.manual_seed(0)
+    model = model_cls(2, 37, num_layers=2, bidirectional=True)
+    randomise_peepholes(model)
+    x = torch.randn(9, 23, 2)
+    state = random_state(model, 9)
+    cpp = run_on_backend(backend_env, "cpp", model, x, state)
+    model.zero_grad()
+    python = run_on_backend(backend_env, "python", model, x, state)
+    assert_close_runs(cpp, python, 2e-5)
+
+
+@pytest.mark.parametrize("model_cls", [PeepholeLSTM, CoupledLSTM])
+def test_cpp_loop_is_finite_and_agrees_with_saturated_gates(backend_env, model_cls):
+    # Pre-activations in the hundreds: exp overflows to inf inside the sigmoids, which the
+    # C++ loop's fast-math build must still turn into gates of exactly 0 or 1.
+    torch.manual_seed(0)
+    model = model_cls(INPUTS, HIDDEN)
+    randomise_peepholes(model)
+    x = 300 * torch.randn(BATCH, STEPS, INPUTS)
+    cpp = run_on_backend(backend_env, "cpp", model, x, None)
+    model.zero_grad()
+    python = run_on_backend(backend_env, "python", model, x, None)
+    assert all(torch.isfinite(t).all() for t in cpp[0])
+    assert all(torch.isfinite(g).all() for g in cpp[1].values())
+    assert_close_runs(cpp, python, 1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("model_cls", [PeepholeLSTM, CoupledLSTM])
+def test_gradcheck_float64_on_each_backend(backend_env, model_cls, backend):
+    backend_env(backend)
+    torch.manual_seed(0)
+    model = model_cls(input_size=2, hidden_size=3, bidirectional=True)
+    assert gradcheck_model(model, batch=2, steps=3)
+
+
+@pytest.mark.parametrize("model_cls", [PeepholeLSTM, CoupledLSTM])
+def test_python_backend_never_builds_or_calls_the_extension(monkeypatch, backend_env, model_cls):
+    backend_env("python")
+
+    def refuse(strict):
+        raise AssertionError("the C++ kernels were asked for under PIPELINE_FUSED_BACKEND=python")
+
+    monkeypatch.setattr(_fused_ext, "cpp_ops", refuse)
+    torch.manual_seed(0)
+    model = model_cls(INPUTS, HIDDEN)
+    x = torch.randn(BATCH, STEPS, INPUTS)
+    model(x)[0].sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_auto_backend_uses_the_extension_where_it_applies(backend_env):
+    backend_env("auto")
+    ops = _fused_ext.cpp_ops_for(torch.zeros(1))
+    assert ops is not None and hasattr(ops, "forward") and hasattr(ops, "backward")
+    assert _fused_ext.cpp_ops_for(torch.zeros(1, dtype=torch.float64)) is ops
+    # Other devices (CUDA) and dtypes take the PyTorch loops.
+    assert _fused_ext.cpp_ops_for(torch.zeros(1, device="meta")) is None
+    assert _fused_ext.cpp_ops_for(torch.zeros(1, dtype=torch.bfloat16)) is None
+
+
+def test_unknown_backend_is_refused_naming_the_variable(backend_env):
+    backend_env("fortran")
+    model = CoupledLSTM(INPUTS, HIDDEN)
+    with pytest.raises(ValueError, match="PIPELINE_FUSED_BACKEND='fortran'"):
+        model(torch.randn(BATCH, STEPS, INPUTS))
+
+
+def test_failed_build_falls_back_with_one_warning(monkeypatch, backend_env):
+    def broken_build():
+        raise OSError("no C++ compiler found")
+
+    monkeypatch.setattr(_fused_ext, "_state", {})
+    monkeypatch.setattr(_fused_ext, "_build", broken_build)
+    torch.manual_seed(0)
+    model = PeepholeLSTM(INPUTS, HIDDEN)
+    randomise_peepholes(model)
+    x = torch.randn(BATCH, STEPS, INPUTS)
+    backend_env("auto")
+    with pytest.warns(RuntimeWarning, match="no C.. compiler found.*pure-PyTorch") as caught:
+        fallback = run_and_grad(model, x, None)
+        model.zero_grad()
+        run_and_grad(model, x, None)
+        model.zero_grad()
+    assert len([w for w in caught if "fused LSTM" in str(w.message)]) == 1
+    backend_env("python")
+    assert_close_runs(fallback, run_and_grad(model, x, None), 0)
+
+    backend_env("cpp")
+    with pytest.raises(RuntimeError, match="PIPELINE_FUSED_BACKEND=cpp.*no C.. compiler found"):
+        model(x)
+
+
+def test_build_folder_is_per_user_cache_torch_version_and_source(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    folder, name, _ = _fused_ext.build_directory()
+    assert folder.is_relative_to(tmp_path / "lstm-pipeline" / "torch_extensions")
+    assert torch.__version__.replace("+", "_") in folder.parent.name
+    assert folder.name == name and name.startswith("fused_lstm_")
+    monkeypatch.setattr(_fused_ext, "SOURCE", tmp_path / "changed.cpp")
+    (tmp_path / "changed.cpp").write_text("// another source\n")
+    assert _fused_ext.build_directory()[1] != name
+
+
+BUILD_AND_RUN = """
+import sys, torch
+from pipeline.models import _fused_ext
+ops = _fused_ext.cpp_ops(strict=True)
+from pipeline.models.fused_lstm import CoupledLSTM
+torch.manual_seed(0)
+out, _ = CoupledLSTM(3, 4)(torch.randn(2, 5, 3))
+print(repr(out.sum().item()))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_building_at_once_both_get_the_extension(tmp_path):
+    # A fresh cache folder, so both really compile; the file lock makes one wait for the other.
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), _fused_ext.ENV_VAR: "cpp"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILD_AND_RUN], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0]
+    assert outputs[0] == outputs[1] and outputs[0].strip()
+    libraries = list(tmp_path.glob("lstm-pipeline/torch_extensions/*/fused_lstm_*/*.so"))
+    assert len(libraries) == 1
+
+    # A build killed while linking leaves a truncated library and no completion mark: the
+    # next process rebuilds instead of loading it.
+    libraries[0].write_bytes(libraries[0].read_bytes()[:1000])
+    (libraries[0].parent / "build-complete").unlink()
+    rebuilt = subprocess.run(
+        [sys.executable, "-c", BUILD_AND_RUN], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+    assert rebuilt.stdout == outputs[0]
+    assert libraries[0].stat().st_size > 1000

@@ -11,22 +11,26 @@ gate blocks instead of four and cannot take ``nn.LSTM`` weights.
 
 Each layer and direction runs as one ``torch.autograd.Function`` (:class:`_FusedLayer`):
 
-* forward (``_run_forward`` + the cell's ``run_steps``): one matmul projects the inputs of all
-  steps, then the time loop does the recurrent matmul and in-place gate arithmetic on
-  preallocated buffers;
-* backward (the cell's ``derivatives`` + ``_backward_through_time``): backpropagation through
-  one step is linear in the incoming ``(dh, dc)``, with coefficients -- partial derivatives of
-  the cell, listed in each cell's docstring -- that depend only on saved activations.  They are
-  computed for all steps at once before the loop, which is then four elementwise ops and one
-  matmul per step; weight gradients are one matmul over all steps.
+* forward (``_run_forward``): one matmul projects the inputs of all steps, then the time loop
+  does the recurrent matmul and the gate arithmetic in place on preallocated buffers;
+* backward (``_backward_through_time``): backpropagation through one step is linear in the
+  incoming ``(dh, dc)``, with coefficients -- partial derivatives of the cell, listed in each
+  cell's docstring -- that depend only on saved activations; the loop applies them and does
+  one matmul per step; weight gradients are one matmul over all steps.
+
+The time loops exist twice.  On CPU tensors in float32/float64 they run in C++
+(``csrc/fused_lstm.cpp``, built on first use by :mod:`pipeline.models._fused_ext`): per step
+one ``addmm`` and one vectorised pass over the gates, forward and backward, the backward's
+coefficients computed in that pass.  Elsewhere (CUDA, other dtypes), when the build fails, or
+with ``PIPELINE_FUSED_BACKEND=python``, they are PyTorch ops: the cell's ``run_steps`` and
+``_backward_loop_python`` over coefficients precomputed for all steps (``derivatives``).
+Both fill the same buffers, so everything around the loops is shared.
 
 The backward is written by hand because, on the CPU benchmark (``benchmarks/bench_rnn.py``,
 recorded in ``benchmarks/results/rnn_cpu.md``), autograd through the same cells -- eager with
 the input matmul hoisted out of the loop, or a ``torch.compile``'d step -- was clearly slower
-for forward+backward at the two smaller shapes, one of them the default training shape, and
-only closer to it at the largest (B=128, T=128, H=128).  The code is pure torch ops, so it also
-runs on CUDA (``test_cuda_matches_cpu`` checks the result); its speed there has not been
-measured.
+for forward+backward than even the PyTorch loops at the two smaller shapes.  The PyTorch loops
+also run on CUDA (``test_cuda_matches_cpu`` checks the result).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
+
+from pipeline.models import _fused_ext
 
 __all__ = ["PeepholeLSTM", "CoupledLSTM"]
 
@@ -66,7 +72,7 @@ class _CellDerivatives(NamedTuple):
     "Cell gates" are the gate blocks that reach ``h_t`` only through ``c_t`` (i, f, g for the
     peephole cell; f, g for the coupled one); they come first in the gate layout, the output
     gate o last.  All derivatives are w.r.t. the unscaled pre-activations z (see
-    ``_run_forward``).
+    ``_run_forward_python``).
     """
 
     dc_dz: Tensor  # (T, B, n_cell_gates, H): dc_t/dz for each cell gate
@@ -108,7 +114,7 @@ def _tanh_slope(t: Tensor, out: Tensor | None = None) -> Tensor:
 
 
 def _tanh_from_doubled_sigmoid(s: Tensor, minus_one: Tensor) -> None:
-    """In place: sigma(2z) -> tanh(z) = 2 sigma(2z) - 1 (see ``_run_forward``)."""
+    """In place: sigma(2z) -> tanh(z) = 2 sigma(2z) - 1 (see ``_run_forward_python``)."""
     torch.add(minus_one, s, alpha=2, out=s)
 
 
@@ -126,7 +132,7 @@ class _PeepholeCell:
         h_t   = o_t * tanh(c_t)
 
     Backward, one step, given dh = dL/dh_t (from the output and from step t+1) and
-    dc = dL/dc_t through step t+1 (or from c_n); the loop is ``_backward_through_time``::
+    dc = dL/dc_t through step t+1 (or from c_n); the loop is ``_backward_loop_python``::
 
         dz_o       = dh * dh_dzo
         dc        += dh * dh_dc              now the full dL/dc_t
@@ -314,6 +320,54 @@ def _run_forward(
 ) -> _Activations:
     """Run one layer-direction over a time-major ``x`` of shape (T, B, F).
 
+    One big matmul computes the input contribution of every step; the time loop then adds the
+    recurrent part into these rows in place and activates them.  The loop is the C++ one
+    (``_fused_ext``) where it applies, else the cell's ``run_steps``.
+    """
+    ops = _fused_ext.cpp_ops_for(x)
+    if ops is None:
+        return _run_forward_python(cell, reverse, x, h0, c0, w_ih, w_hh, b_ih, b_hh, peephole)
+    steps, batch, _ = x.shape
+    gates = torch.addmm(b_ih + b_hh, x.reshape(steps * batch, -1), w_ih.t())
+    acts = _empty_activations(gates.view(steps, batch, -1), x, h0.shape[-1])
+    _set_initial_state(acts, reverse, h0, c0)
+    # A contiguous W_hh^T: faster per-step addmm than a transposed view of W_hh
+    # (benchmarks/bench_kernel_choices.py, "recurrent addmm, one step").
+    w_hh_t = w_hh.t().contiguous()
+    ops.forward(acts.gates, w_hh_t, peephole, acts.hs, acts.cs, acts.tanh_c, reverse)
+    return acts
+
+
+def _empty_activations(gates: Tensor, x: Tensor, hidden: int) -> _Activations:
+    steps, batch, _ = gates.shape
+    return _Activations(
+        gates=gates,
+        hs=x.new_empty(steps + 1, batch, hidden),
+        cs=x.new_empty(steps + 1, batch, hidden),
+        tanh_c=x.new_empty(steps, batch, hidden),
+    )
+
+
+def _set_initial_state(acts: _Activations, reverse: bool, h0: Tensor, c0: Tensor) -> None:
+    first = acts.gates.shape[0] if reverse else 0
+    acts.hs[first].copy_(h0)
+    acts.cs[first].copy_(c0)
+
+
+def _run_forward_python(
+    cell: _Cell,
+    reverse: bool,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor,
+    b_hh: Tensor,
+    peephole: Tensor | None,
+) -> _Activations:
+    """``_run_forward`` with the loop in PyTorch ops (``run_steps``).
+
     The candidate block's rows of the weights and biases are doubled here, so that the loop's
     sigmoid over the gate blocks gives sigma(2 z_g) for g, turned into tanh(z_g) by one
     ``2s - 1``; one sigmoid call thus covers g together with its neighbouring blocks.  The
@@ -325,21 +379,12 @@ def _run_forward(
     scale = x.new_ones(w_ih.shape[0], 1)
     block = cell.candidate_block
     scale[block * hidden : (block + 1) * hidden] = 2
-    # One big matmul for the input contribution of every step; the loop then
-    # accumulates the recurrent part into these rows in place.
     gates = torch.addmm(
         (b_ih + b_hh) * scale[:, 0], x.reshape(steps * batch, -1), (w_ih * scale).t()
     )
     w_hh_t = (w_hh * scale).t().contiguous()
-    acts = _Activations(
-        gates=gates.view(steps, batch, -1),
-        hs=x.new_empty(steps + 1, batch, hidden),
-        cs=x.new_empty(steps + 1, batch, hidden),
-        tanh_c=x.new_empty(steps, batch, hidden),
-    )
-    first = steps if reverse else 0
-    acts.hs[first].copy_(h0)
-    acts.cs[first].copy_(c0)
+    acts = _empty_activations(gates.view(steps, batch, -1), x, hidden)
+    _set_initial_state(acts, reverse, h0, c0)
     cell.run_steps(acts, w_hh_t, peephole, reverse)
     return acts
 
@@ -357,7 +402,7 @@ def _backward_through_time(
     cell: _Cell,
     reverse: bool,
     acts: _Activations,
-    derivs: _CellDerivatives,
+    peephole: Tensor | None,
     w_hh: Tensor,
     grad_out: Tensor | None,
     grad_hn: Tensor | None,
@@ -365,21 +410,19 @@ def _backward_through_time(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The backward loop of the cell docstrings.  Returns (dz (T, B, G*H), dL/dh0, dL/dc0).
 
-    ``dz`` is w.r.t. the unscaled pre-activations z (see ``_run_forward``), hence the
-    unscaled ``w_hh`` for dh_{t-1} here and in the weight gradients.
+    ``dz`` is w.r.t. the unscaled pre-activations z (see ``_run_forward_python``), hence the
+    unscaled ``w_hh`` for dh_{t-1} here and in the weight gradients.  The loop is the C++ one
+    where it applies (it computes the cell's derivatives on the fly), else
+    ``_backward_loop_python``.
     """
-    steps, batch, _ = acts.gates.shape
-    hidden = acts.hs.shape[-1]
-    n_cell = cell.cell_gate_count
-
+    steps = acts.gates.shape[0]
     # dh in the same slot layout as ``hs``: output gradients sit in the "current" slots and
     # each step adds dz @ W_hh into its "previous" slot.  The previous slot of one step is the
-    # current slot of the step processed next, so dh[k] below already holds the recurrent
-    # part when step k is reached; the previous slot of the last step processed is dL/dh0.
+    # current slot of the step processed next, so it already holds the recurrent part when
+    # that step is reached; the previous slot of the last step processed is dL/dh0.
     dh_all = acts.hs.new_zeros(acts.hs.shape)
-    dh_prev_slots, dh_cur_slots = _prev_and_current(dh_all, reverse)
     if grad_out is not None:
-        dh_cur_slots.copy_(grad_out)
+        _prev_and_current(dh_all, reverse)[1].copy_(grad_out)
     last = 0 if reverse else steps
     if grad_hn is not None:
         dh_all[last] += grad_hn
@@ -388,11 +431,34 @@ def _backward_through_time(
         if grad_cn is not None
         else acts.cs.new_zeros(acts.cs.shape[1:])
     )
+    dz = acts.gates.new_empty(acts.gates.shape)
+    ops = _fused_ext.cpp_ops_for(dz)
+    if ops is None:
+        derivs = cell.derivatives(acts, peephole, reverse)
+        _backward_loop_python(cell, reverse, derivs, w_hh, dh_all, dc, dz)
+    else:
+        ops.backward(acts.gates, acts.cs, acts.tanh_c, w_hh, peephole, dh_all, dc, dz, reverse)
+    first = steps if reverse else 0
+    return dz, dh_all[first], dc
+
+
+def _backward_loop_python(
+    cell: _Cell,
+    reverse: bool,
+    derivs: _CellDerivatives,
+    w_hh: Tensor,
+    dh_all: Tensor,
+    dc: Tensor,
+    dz: Tensor,
+) -> None:
+    """The backward loop in PyTorch ops, in place into ``dh_all``, ``dc`` and ``dz``."""
+    steps, batch, _ = dz.shape
+    hidden = dh_all.shape[-1]
+    n_cell = cell.cell_gate_count
+    dh_prev_slots, dh_cur_slots = _prev_and_current(dh_all, reverse)
     # A view of dc broadcast over the cell-gate axis of dc_dz.  It stays current only
     # because the loop updates dc in place (addcmul_, mul_): never rebind dc below.
     dc_bcast = dc.unsqueeze(1)
-
-    dz = acts.gates.new_empty(acts.gates.shape)
     dz_cell = dz[..., : n_cell * hidden].view(steps, batch, n_cell, hidden)
 
     order = partial(_in_order, reverse=not reverse)
@@ -408,8 +474,6 @@ def _backward_through_time(
         torch.mul(dc_dz[k], dc_bcast, out=dz_cell_steps[k])
         dc.mul_(dc_dcprev[k])  # dc is now dL/dc_{t-1} through this step
         dh_prev[k].addmm_(dz_steps[k], w_hh)
-    first = steps if reverse else 0
-    return dz, dh_all[first], dc
 
 
 def _weight_grad(dz_flat: Tensor, inputs_flat: Tensor) -> Tensor:
@@ -425,9 +489,9 @@ def _weight_grad(dz_flat: Tensor, inputs_flat: Tensor) -> Tensor:
 class _FusedLayer(torch.autograd.Function):
     """One layer and direction of a peephole or coupled LSTM, time-major.
 
-    forward: ``_run_forward`` (the cell's forward equations).  backward: the cell's
-    ``derivatives``, then ``_backward_through_time`` for dz, dh0, dc0, then matmuls of dz for
-    the input and weight gradients.
+    forward: ``_run_forward`` (the cell's forward equations).  backward:
+    ``_backward_through_time`` for dz, dh0, dc0, then matmuls of dz for the input and weight
+    gradients.
     """
 
     @staticmethod
@@ -447,9 +511,8 @@ class _FusedLayer(torch.autograd.Function):
         flags = ctx.needs_input_grad[2:]
         need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, need_p = flags
         acts = _Activations(*saved)
-        derivatives = cell.derivatives(acts, peephole, reverse)
         dz, grad_h0, grad_c0 = _backward_through_time(
-            cell, reverse, acts, derivatives, w_hh, grad_out, grad_hn, grad_cn
+            cell, reverse, acts, peephole, w_hh, grad_out, grad_hn, grad_cn
         )
 
         steps, batch, n_inputs = x.shape
