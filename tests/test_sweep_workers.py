@@ -20,7 +20,14 @@ from tests.test_sweep import TINY_TRIAL as TRIAL_OVERRIDES
 from tests.test_sweep import write_space
 
 REPO = Path(__file__).resolve().parent.parent
-PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+def _debian_pg_bin() -> Path:
+    """Debian's server binaries, newest major version first (/usr/lib/postgresql/<major>/bin)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                   key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = Path(os.environ.get("PG_BIN") or _debian_pg_bin())
 N_TRIALS = 4
 # Tiny trials on a shared 2-core machine run several times faster on one thread per process.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
