@@ -63,13 +63,30 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float, what: str) -> None:
+    """Until `url` answers 200; RuntimeError with the tail of the server's log if `proc` exits
+    or `timeout_s` passes first."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(url, timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.3)
+
+
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
     """A real `mlflow server` on a free 127.0.0.1 port with its own sqlite store and artifact
     root; always stopped at the end of the test."""
-    import time
 
-    import requests
 
     port = free_port()
     root = tmp_path / "server"
@@ -84,16 +101,7 @@ def mlflow_server(tmp_path: Path):
     )
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{uri}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start:\n{(root / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.3)
+        wait_for_http(f"{uri}/health", proc, root / "server.log", 90, "mlflow server")
         yield uri
     finally:
         import signal

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -23,7 +22,7 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.conftest import REPO, compose_config, free_port
+from tests.conftest import REPO, compose_config, free_port, wait_for_http
 
 NAME = "prices-forecaster"  # data=csv names the model after the file: prices.csv
 CHAMPION_URI = f"models:/{NAME}@champion"
@@ -44,19 +43,6 @@ def price_frame(days: int = 160) -> pd.DataFrame:
     t = np.arange(days)
     close = 3000 + 150 * np.sin(t / 9) + np.random.default_rng(0).normal(0, 5, days)
     return pd.DataFrame({DATE: dates.strftime("%Y-%m-%d"), CLOSE: close.round(2)})
-
-
-def wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if requests.get(f"{url}/ping", timeout=1).ok:
-                return
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the scoring server did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.3)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -98,7 +84,7 @@ def server(trained):
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until_up(url, proc, log)
+        wait_for_http(f"{url}/ping", proc, log, 180, "the scoring server")
         yield url, log, result
     finally:
         stop(proc)

@@ -10,10 +10,8 @@ trials are done.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from pipeline.config import tracking_store
@@ -24,7 +22,8 @@ from pipeline.sweep.space import SearchSpace, load_search_space
 from pipeline.sweep.storage import default_storage, open_storage, public_name
 from pipeline.sweep.study import StudyHandle, check_joinable, find_study, open_study
 from pipeline.sweep.summary import SweepSummary, counts, summarize
-from pipeline.sweep.trials import Objective, TrialFailed, TrialOutcome
+from pipeline.sweep.trials import BUDGET_SPENT, Objective, TrialFailed, TrialOutcome
+from pipeline.tracking.run import sigterm_raises
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +114,15 @@ def work(handle: StudyHandle, objective: Objective, echo) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     failures = 0
     while remaining(handle) > 0 and (deadline is None or time.monotonic() < deadline):
+        seen = len(objective.outcomes)
         handle.study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+        if len(objective.outcomes) == seen:
+            break  # Optuna ended the trial before our objective ran: nothing of ours to report
         outcome = objective.outcomes[-1]
-        echo(trial_line(handle.space, outcome, handle.study))
-        if outcome.error == "budget spent":
+        if outcome.error == BUDGET_SPENT:
+            echo(f"budget:  spent by the other workers; trial {outcome.number} closed without training")
             break
+        echo(trial_line(handle.space, outcome, handle.study))
         failures = failures + 1 if outcome.state == "failed" else 0
         if failures >= MAX_FAILURES_IN_A_ROW:
             raise TrackingError(f"{failures} trials in a row failed, the last with: {outcome.error}; "
@@ -146,22 +149,6 @@ def stop_parent_if_idle(handle: StudyHandle) -> None:
 
 def _signal_name(exc: BaseException) -> str:
     return "SIGTERM" if "SIGTERM" in str(exc) or type(exc).__name__ == "SIGTERMException" else "SIGINT"
-
-
-@contextmanager
-def sigterm_raises():
-    """Between trials too, SIGTERM stops the worker the way Ctrl-C does (inside a training, the
-    run guard's own handler takes over and marks the child run KILLED)."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    def handler(signum, frame) -> None:
-        raise SIGTERMException()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def summary_lines(report: SweepReport) -> list[str]:

@@ -15,6 +15,7 @@ Every name of a storage that reaches a log, a tag or an error is scrubbed of cre
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
@@ -55,7 +56,6 @@ def public_name(storage: str) -> str:
 def open_storage(storage: str):
     """The Optuna storage for `storage`, opened and reachable; a storage that cannot be used is
     one ConfigError naming it (credentials scrubbed), before any study is created."""
-    import optuna
 
     path = journal_path(storage)
     if path is not None:
@@ -66,14 +66,31 @@ def open_storage(storage: str):
                           "an SQLAlchemy database URL; e.g. journal:/shared/study.log or "
                           "postgresql+psycopg2://user:password@host:5432/optuna")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
-            return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                                              engine_kwargs={"pool_pre_ping": True})
+        return _database(storage)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ConfigError(f"hparams_search.storage={public_name(storage)!r}: cannot open the study "
                           f"database: {scrub_text(reason)}") from None
+
+
+def _database(storage: str, attempts: int = 4):
+    """RDBStorage for a database URL. Workers that start together on a new database all create
+    Optuna's tables; the losers of that race get "relation already exists" or a duplicate key
+    (optuna/optuna#1092) and, on their next try, find the tables made."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+                return optuna.storages.RDBStorage(storage, heartbeat_interval=HEARTBEAT_S,
+                                                  grace_period=GRACE_S,
+                                                  engine_kwargs={"pool_pre_ping": True})
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def _journal(path: Path):

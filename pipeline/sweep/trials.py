@@ -37,6 +37,9 @@ class TrialFailed(Exception):
     """This trial failed (recorded as FAIL); the study goes on with the next."""
 
 
+BUDGET_SPENT = "budget spent"  # a trial asked for after other workers spent the budget
+
+
 @dataclass
 class TrialOutcome:
     number: int
@@ -68,7 +71,9 @@ class Objective:
         started = time.perf_counter()
         if self.admit is not None and not self.admit(trial):
             trial.set_user_attr("error", "not run: the study's budget was spent by other workers")
-            raise TrialFailed("budget spent")
+            # Recorded like any trial, so the worker's loop reads this outcome, not the last one.
+            self.outcomes.append(TrialOutcome(trial.number, "failed", None, None, 0.0, BUDGET_SPENT))
+            raise TrialFailed(BUDGET_SPENT)
         reporter, state, value, error = None, "failed", None, None
         try:
             reporter = self._reporter(trial)

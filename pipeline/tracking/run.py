@@ -167,7 +167,7 @@ def run_guard(handle: RunHandle | None, checkpoint_dir: str | Path | None = None
     and last.ckpt mirrored by the logger and MlflowCheckpointMirror, which Lightning calls on
     every way out of fit. On ranks other than zero (handle None) only the messages apply.
     """
-    with _sigterm_raises():
+    with sigterm_raises():
         try:
             yield handle
         except ServerLost as exc:
@@ -232,10 +232,10 @@ def _server_lost_message(exc: ServerLost, handle: RunHandle | None, checkpoint_d
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    """While the guard is open, SIGTERM raises SIGTERMException wherever the process is. Inside
-    fit Lightning's own handler runs first and calls this one; there it does nothing, and
-    Lightning stops cleanly at the next step."""
+def sigterm_raises() -> Iterator[None]:
+    """While open, SIGTERM raises SIGTERMException wherever the process is (the run guard; a
+    sweep worker between trials). Inside fit Lightning's own handler runs first and calls this
+    one; there it does nothing, and Lightning stops cleanly at the next step."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
