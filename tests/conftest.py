@@ -82,6 +82,19 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float,
         time.sleep(0.3)
 
 
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM to a server started with start_new_session=True (it and its workers), SIGKILL
+    after `grace_s`."""
+    import signal
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
     """A real `mlflow server` on a free 127.0.0.1 port with its own sqlite store and artifact
@@ -104,12 +117,5 @@ def mlflow_server(tmp_path: Path):
         wait_for_http(f"{uri}/health", proc, root / "server.log", 90, "mlflow server")
         yield uri
     finally:
-        import signal
-
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc)
         log.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ import pandas as pd
 import pytest
 import requests
 
-from tests.conftest import REPO, compose_config, free_port, wait_for_http
+from tests.conftest import REPO, compose_config, free_port, stop_process_group, wait_for_http
 
 NAME = "prices-forecaster"  # data=csv names the model after the file: prices.csv
 CHAMPION_URI = f"models:/{NAME}@champion"
@@ -43,15 +42,6 @@ def price_frame(days: int = 160) -> pd.DataFrame:
     t = np.arange(days)
     close = 3000 + 150 * np.sin(t / 9) + np.random.default_rng(0).normal(0, 5, days)
     return pd.DataFrame({DATE: dates.strftime("%Y-%m-%d"), CLOSE: close.round(2)})
-
-
-def stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +77,7 @@ def server(trained):
         wait_for_http(f"{url}/ping", proc, log, 180, "the scoring server")
         yield url, log, result
     finally:
-        stop(proc)
+        stop_process_group(proc)
 
 
 def recent_rows() -> pd.DataFrame:

@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port, run_cli
+from tests.conftest import free_port, run_cli, stop_process_group, wait_for_http
 from tests.test_resume import _mirrored_epoch
 
 pytestmark = pytest.mark.slow
@@ -45,17 +44,7 @@ class MlflowServer:
              "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.uri}/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.3)
-        raise RuntimeError(f"mlflow server did not start:\n{(self.root / 'server.log').read_text()[-3000:]}")
+        wait_for_http(f"{self.uri}/health", self.proc, self.root / "server.log", timeout, "mlflow server")
 
     def kill(self) -> None:
         """As a crash would: no goodbye to the clients."""
@@ -66,11 +55,7 @@ class MlflowServer:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            stop_process_group(self.proc)
         self.proc = None
 
 
