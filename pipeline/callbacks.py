@@ -24,7 +24,7 @@ class _FixedStateKey:
         return super().state_key
 
 
-class ProgressBar(_FixedStateKey, TQDMProgressBar):
+class ProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, redrawn at most every `interval_s` seconds and at each loop's end.
 
     Lightning's bar refreshes its numbers and metrics on every batch (refresh_rate=1), a fixed
@@ -83,7 +83,7 @@ class LastCheckpoint(_FixedStateKey, ModelCheckpoint):
         final = trainer.should_stop or trainer.current_epoch + 1 >= (trainer.max_epochs or 0)
         late = self._written_at is None or time.monotonic() - self._written_at >= self.every_s
         # Every rank must take the same branch: saving is a collective under DDP.
-        return bool(trainer.strategy.broadcast(final or late or self.every_s == 0))
+        return bool(trainer.strategy.broadcast(final or late))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Checkpoint callbacks run after every other callback, early stopping included, so

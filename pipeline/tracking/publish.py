@@ -77,8 +77,6 @@ def log_interval_metrics(handle: RunHandle, net: Forecaster, prepared: PreparedD
                          preds: pd.DataFrame, evaluation: Evaluation) -> dict[str, float]:
     """A probabilistic head's coverage, width, pinball and CRPS beside persistence's (and the
     split-conformal figures), on the windows the point metrics use; nothing for a point head."""
-    if evaluation.task != "regression":
-        return {}
     metrics = probabilistic_metrics(net, prepared, evaluation.scored_from, evaluation.season,
                                     preds=preds)
     if metrics:
