@@ -75,7 +75,8 @@ def test_eight_trainings_and_four_promotions_on_one_server(tmp_path, monkeypatch
         client = MlflowClient(server.uri)
         # The promotions start as soon as there is something to promote, amid the trainings.
         while not client.search_model_versions(f"name='{NAME}'"):
-            assert all(job.poll() in (None, 0) for job in trainings), "a training failed early"
+            failed = [job for job in trainings if job.poll() not in (None, 0)]
+            assert not failed, "a training failed early:\n" + failed[0].stderr()[-3000:]
             time.sleep(0.5)
         promotions = [Job(f"promote-{n}", "pipeline.promote", common, work, env)
                       for n in range(PROMOTIONS)]

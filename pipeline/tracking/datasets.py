@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,35 @@ def dataset_for_mlflow(data: Any):
     return dataset
 
 
-def log_dataset(handle, data: Any, context: str = "training") -> None:
+# What a database says when a row another writer committed first breaks a unique key
+# (sqlite, PostgreSQL, MySQL), as MLflow passes it on, locally or through a server.
+_DUPLICATE_KEY = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+
+
+def log_dataset(handle, data: Any, context: str = "training", attempts: int = 4) -> None:
     """Record `data` as an input of the run of `handle` (a run.RunHandle), in its own store.
 
     mlflow.log_input only exists in fluent form, so it runs with the run made active in the
     store's fluent block; the run stays RUNNING.
+
+    MLflow looks a dataset up and inserts it when missing, in two steps: trainings that start
+    together on the same new data all insert it and all but one break the unique key. The
+    losers try again and find the winner's row (the failed call wrote nothing).
     """
+    from mlflow.exceptions import MlflowException
+
     dataset = dataset_for_mlflow(data)
-    with handle.active():
-        mlflow.log_input(dataset, context=context)
+    for attempt in range(attempts):
+        try:
+            with handle.active():
+                mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not _lost_insert_race(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _lost_insert_race(exc: Exception) -> bool:
+    message = str(exc)
+    return "datasets" in message and any(marker in message for marker in _DUPLICATE_KEY)
