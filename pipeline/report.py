@@ -29,6 +29,9 @@ from pipeline.tracking.store import Store, open_store
 
 MODEL_METRICS = ("mse", "mae", "rmse", "mape", "accuracy", "log_loss", "exact_match")
 BASELINE_METRICS = ("persistence_mae", "mase", "seasonal_naive_mae", "mase_seasonal_naive")
+# The 80% interval (quantiles 0.1 and 0.9) of probabilistic heads: its test coverage and width,
+# the same after split-conformal adjustment on the validation split, and CRPS beside persistence's.
+INTERVAL_METRICS = ("coverage_80", "width_80", "conformal_coverage_80", "crps", "persistence_crps")
 SUMMARY_EXPERIMENT = "studies-report"
 
 
@@ -69,7 +72,7 @@ def study_table(runs: dict[str, Run], runner: RunnerConfig | None = None) -> pd.
     for variant, run in sorted(runs.items()):
         metrics = run.data.metrics
         row = {"variant": variant}
-        row.update({m: _fmt(metrics.get(f"test/{m}")) for m in MODEL_METRICS + BASELINE_METRICS})
+        row.update({m: _fmt(metrics.get(f"test/{m}")) for m in MODEL_METRICS + BASELINE_METRICS + INTERVAL_METRICS})
         row["bar"] = bar_verdict(runner, variant, metrics)
         row["beats persistence"] = run.data.tags.get("beats_persistence", "")
         row["wall s"] = f"{(run.info.end_time - run.info.start_time) / 1000:.1f}"
