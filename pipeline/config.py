@@ -41,7 +41,9 @@ STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fs
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 TEST_CHECKPOINTS = ("best", "last")
 EXPERIMENT_MODES = ("quick", "full")
-STOCK_APIS = ("auto", "pro", "legacy")
+# data=stock: auto is pro when TUSHARE_TOKEN is set, else baostock (token-free); legacy is tushare's
+# get_k_data, kept selectable though it cannot run on pandas >= 2.
+STOCK_APIS = ("auto", "pro", "baostock", "legacy")
 # The metrics a task is scored with on any windows (pipeline.evaluate.score), and which way is
 # better: promotion, retraining and sweeps rank on one of these. Run metrics that need a baseline
 # (mase, persistence_*) can be a study's bar but not a ranking, since a champion is re-scored on
@@ -431,8 +433,8 @@ class StockParams:
     ts_code: str | None = None
     start: str | None = "2019-01-01"
     end: str | None = None
-    api: str = "auto"
-    timeout: float = 30.0
+    api: str = "auto"  # one of STOCK_APIS
+    timeout: float = 30.0  # seconds, for the pro API's HTTP calls and baostock's socket
     page_rows: int = 5000
 
 

@@ -208,8 +208,9 @@ def metrics_with_baselines(preds: pd.DataFrame, frame: pd.DataFrame, mode: str,
     Regression: test/mape (strictly positive targets), then per baseline (persistence, and
     seasonal_naive when `season` is set; forecast mode only) test/<baseline>_<mse|mae|rmse|mape>
     and MASE = model MAE / baseline MAE as test/mase (persistence) and test/mase_seasonal_naive.
-    Every method is scored on exactly the same test targets. Classification: nothing (no label
-    baselines yet; the module logs accuracy, log_loss and exact_match).
+    Every method is scored on exactly the same test targets. With persistence, also
+    test/directional_accuracy and test/up_share (see directional_scores). Classification:
+    nothing (no label baselines yet; the module logs accuracy, log_loss and exact_match).
     """
     if task == "classification":
         return {}
@@ -222,7 +223,27 @@ def metrics_with_baselines(preds: pd.DataFrame, frame: pd.DataFrame, mode: str,
         metrics.update({f"test/{name}_{k}": v for k, v in base.items()})
         ratio_name = "test/mase" if name == "persistence" else f"test/mase_{name}"
         metrics[ratio_name] = model["mae"] / base["mae"] if base["mae"] > 0 else float("inf")
+    if "persistence" in baselines:
+        metrics.update(directional_scores(y_true, test["y_pred"].to_numpy()[usable],
+                                          baselines["persistence"][usable]))
     return metrics
+
+
+def directional_scores(y_true: np.ndarray, y_pred: np.ndarray, last: np.ndarray) -> dict[str, float]:
+    """Did the forecast get the sign of the move from the last observed value right?
+
+    test/directional_accuracy: the share of targets whose forecast moves the same way as the
+    truth, over the targets that moved (an unchanged close, e.g. a suspended day, has no sign).
+    test/up_share: the share of those that went up, the reference: a constant "up" scores it,
+    a constant "down" 1 - it, a coin 0.5. Both NaN when nothing moved.
+    """
+    moved = y_true != last
+    if not moved.any():
+        return {"test/directional_accuracy": float("nan"), "test/up_share": float("nan")}
+    truth = np.sign(y_true[moved] - last[moved])
+    guess = np.sign(y_pred[moved] - last[moved])
+    return {"test/directional_accuracy": float(np.mean(guess == truth)),
+            "test/up_share": float(np.mean(truth > 0))}
 
 
 # --- intervals (model.head != point) --------------------------------------------------------------

@@ -28,7 +28,8 @@ from pipeline.experiments import QUICK_STORE
 from pipeline.tracking.store import Store, open_store
 
 MODEL_METRICS = ("mse", "mae", "rmse", "mape", "accuracy", "log_loss", "exact_match")
-BASELINE_METRICS = ("persistence_mae", "mase", "seasonal_naive_mae", "mase_seasonal_naive")
+BASELINE_METRICS = ("persistence_mae", "mase", "seasonal_naive_mae", "mase_seasonal_naive",
+                    "directional_accuracy", "up_share")
 # The 80% interval (quantiles 0.1 and 0.9) of probabilistic heads: its test coverage and width,
 # the same after split-conformal adjustment on the validation split, and CRPS beside persistence's.
 INTERVAL_METRICS = ("coverage_80", "width_80", "conformal_coverage_80", "crps", "persistence_crps")

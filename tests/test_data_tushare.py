@@ -3,7 +3,8 @@
 The pro API is faked at our seam (pipeline.data.sources.tushare_prices.connect) by an object whose
 query() answers like tushare's DataApi.query: a frame with tushare's columns, trade_date as
 'YYYYMMDD' strings, newest day first. The real DataApi is also driven with requests.post patched,
-and the legacy get_k_data runs for real with sockets blocked.
+and the legacy get_k_data (data.params.api=legacy) runs for real with sockets blocked. The
+baostock path is in tests/test_data_baostock.py.
 """
 
 from __future__ import annotations
@@ -264,10 +265,10 @@ def test_legacy_path_is_one_line_naming_the_cause_and_the_fixes(tmp_path, monkey
                                                                 capsys) -> None:
     monkeypatch.delenv("TUSHARE_TOKEN", raising=False)
     with pytest.raises(DataUnavailable) as info:
-        load_data(stock_config(tmp_path))
+        load_data(stock_config(tmp_path, "data.params.api=legacy"))  # auto now means baostock
     message = one_line(info)
-    assert message.startswith("stock 000001.SH: tushare's legacy get_k_data (used when "
-                              f"TUSHARE_TOKEN is not set) cannot run with pandas {pd.__version__}: "
+    assert message.startswith("stock 000001.SH: tushare's legacy get_k_data (data.params.api=legacy) "
+                              f"cannot run with pandas {pd.__version__}: "
                               "it calls DataFrame.append, removed in pandas 2")
     assert "set TUSHARE_TOKEN" in message and "data=csv" in message
     assert no_network == [] and capsys.readouterr().out == ""  # tushare's prints are swallowed

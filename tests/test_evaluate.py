@@ -11,6 +11,7 @@ from pipeline.errors import ConfigError
 from pipeline.evaluate import (
     METRICS,
     baseline_predictions,
+    directional_scores,
     metrics_with_baselines,
     predict_windows,
     score,
@@ -52,6 +53,25 @@ def test_mase_compares_with_persistence_on_the_same_targets() -> None:
     assert metrics["test/persistence_mae"] == pytest.approx(1.0)
     assert metrics["test/mase"] == pytest.approx(0.5)  # model MAE 0.5 / persistence MAE 1
     assert metrics["test/mape"] == pytest.approx(np.mean([0.5 / 120, 0.5 / 121]))
+
+
+def test_directional_accuracy_counts_the_signs_of_the_moves_from_the_last_close() -> None:
+    # last closes 10, 10, 10, 10, 10; truths up, down, up, unchanged, down; forecasts up, up,
+    # up, down, flat: right, wrong, right, (no move: not counted), wrong (flat has no sign).
+    last = np.full(5, 10.0)
+    truth = np.array([11.0, 9.0, 10.5, 10.0, 9.5])
+    pred = np.array([10.2, 10.1, 12.0, 9.0, 10.0])
+    scores = directional_scores(truth, pred, last)
+    assert scores == {"test/directional_accuracy": pytest.approx(2 / 4), "test/up_share": pytest.approx(2 / 4)}
+    assert np.isnan(directional_scores(last, pred, last)["test/directional_accuracy"])
+
+
+def test_directional_accuracy_sits_beside_mase_for_forecasts() -> None:
+    # FRAME rises by 1 a row: every move is up; a forecast below the last value is wrong
+    preds = _preds([20, 21], [0, 0], [120.5, 118.0], FRAME)
+    metrics = metrics_with_baselines(preds, FRAME, "forecast")
+    assert metrics["test/directional_accuracy"] == pytest.approx(0.5)
+    assert metrics["test/up_share"] == pytest.approx(1.0)
 
 
 def test_regression_test_metrics_have_one_owner_each() -> None:

@@ -1,14 +1,17 @@
-"""Daily bars (open, high, low, close, volume) of a Chinese stock or index through tushare.
+"""Daily bars (open, high, low, close, volume) of a Chinese stock or index: tushare or baostock.
 
-Two ways in, chosen by data.params.api (auto: pro when TUSHARE_TOKEN is set, else legacy):
+Three ways in, chosen by data.params.api (auto: pro when TUSHARE_TOKEN is set, else baostock):
 
 - pro: tushare's pro API. Its only HTTP call is DataApi.query(api_name, fields, **params); we call
   that method directly on an api object, `PriceApi`, which is our one seam: `connect()` builds
   the real client, tests hand in a fake whose query() returns frames shaped like tushare's
   replies. (tushare's own pro_bar would also accept api=, but it catches every exception,
   prints it and retries, which hides the difference between "no network" and "bad token".)
-- legacy: tushare.get_k_data, no token. It calls DataFrame.append, which pandas 2 removed; the
-  attribute lookup fails before any request is sent, and we turn that into one line.
+- baostock: no token, an anonymous login over TCP port 10030; see
+  pipeline.data.sources.baostock_prices (its own seam, one session at a time).
+- legacy: tushare.get_k_data, no token, only when asked for (api=legacy). It calls
+  DataFrame.append, which pandas 2 removed; the attribute lookup fails before any request is
+  sent, and we turn that into one line.
 
 The token is read from the environment when a fetch runs and handed only to tushare's client:
 it is never part of params (so never in the cache key or manifest), and every message we build
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,15 +30,20 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from pipeline.data.sources import SourceUnavailable, source
+from pipeline.data.sources import SourceUnavailable, baostock_prices, source
 from pipeline.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 TOKEN_ENV = "TUSHARE_TOKEN"
 # A reply this long may be a truncated page (tushare caps rows per call: 6000 for daily,
 # 8000 for index_daily); ask again for the older rows.
 DEFAULT_PAGE_ROWS = 5000
 RENAMES = {"trade_date": "date", "vol": "volume"}
-FIX_HINT = f"set {TOKEN_ENV} in the environment to use tushare's pro API"
+FIX_HINT = (f"check that baostock (TCP port {baostock_prices.BAOSTOCK_PORT}) is reachable, or set "
+            f"{TOKEN_ENV} in the environment to use tushare's pro API")
+API_NAMES = {"pro": "tushare's pro API", "baostock": "baostock",
+             "legacy": "tushare's legacy get_k_data"}
 
 
 class PriceApi(Protocol):
@@ -69,15 +78,27 @@ class BarRequest:
 @source("stock", cached=True, network=True, hint=FIX_HINT)
 def stock_bars(params: Mapping[str, Any]) -> pd.DataFrame:
     request = bar_request(params)
-    choice = params["api"]
     token = os.environ.get(TOKEN_ENV, "").strip()
-    if choice == "pro" or (choice == "auto" and token):
-        if not token:
-            raise SourceUnavailable(f"stock {request.ts_code}: data.params.api=pro needs {TOKEN_ENV} "
-                                    "in the environment")
-        return pro_bars(connect(token, float(params["timeout"])), request, int(params["page_rows"]),
-                        secret=token)
+    api, why = choose_api(params["api"], token)
+    if api == "pro" and not token:
+        raise SourceUnavailable(f"stock {request.ts_code}: data.params.api=pro needs {TOKEN_ENV} "
+                                "in the environment")
+    log.info("stock %s: fetching through %s (%s)", request.ts_code, API_NAMES[api], why)
+    timeout = float(params["timeout"])
+    if api == "pro":
+        return pro_bars(connect(token, timeout), request, int(params["page_rows"]), secret=token)
+    if api == "baostock":
+        return baostock_prices.baostock_bars(baostock_prices.connect(timeout), request)
     return legacy_bars(request)
+
+
+def choose_api(choice: str, token: str) -> tuple[str, str]:
+    """data.params.api -> (the API to use, why, for the log); auto needs no token to work."""
+    if choice != "auto":
+        return choice, f"data.params.api={choice}"
+    if token:
+        return "pro", f"{TOKEN_ENV} is set"
+    return "baostock", f"no {TOKEN_ENV} set"
 
 
 def bar_request(params: Mapping[str, Any]) -> BarRequest:
@@ -185,9 +206,9 @@ def legacy_bars(request: BarRequest) -> pd.DataFrame:
             if "append" not in str(exc):
                 raise
             raise SourceUnavailable(
-                f"stock {request.ts_code}: tushare's legacy get_k_data (used when {TOKEN_ENV} is "
-                f"not set) cannot run with pandas {pd.__version__}: it calls DataFrame.append, "
-                "removed in pandas 2") from None
+                f"stock {request.ts_code}: tushare's legacy get_k_data (data.params.api=legacy) "
+                f"cannot run with pandas {pd.__version__}: it calls DataFrame.append, removed in "
+                "pandas 2; use data.params.api=auto or baostock") from None
         except KeyError:
             raise ConfigError(f"data.params.code={request.code!r}: not an index tushare's legacy "
                               "API knows") from None
