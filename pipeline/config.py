@@ -24,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline.data.transforms import TARGET_TRANSFORMS
 from pipeline.errors import ConfigError
 from pipeline.models.backbones import BACKBONES
 from pipeline.models.distributions import DEFAULT_QUANTILES, HEADS
@@ -99,6 +100,9 @@ class DataConfig:
         burn_in: first steps of a sequence window left out of loss and metrics.
         season: period of the seasonal-naive baseline (null: no such baseline).
         scaler: standard | minmax | none, fit on the training rows only.
+        target_transform: none | log_return | diff: the model learns the targets' changes from
+            the previous row and its forecasts are turned back into levels (prices) from the
+            window's last observed value; forecast mode, each target also an input.
         fill: none (a gap is an error) | ffill | interpolate.
         positive: true, false or a list of columns that must be > 0 (prices).
         cache_dir / offline / refresh: the fetch cache, training from it alone, refetching.
@@ -121,6 +125,7 @@ class DataConfig:
     season: int | None = None
     split: SplitConfig = field(default_factory=SplitConfig)
     scaler: str = "standard"
+    target_transform: str = "none"
     fill: str = "none"
     positive: Any = False
     batch_size: int = 32
@@ -643,6 +648,7 @@ def check_data(data: DataConfig) -> None:
     _one_of("data.task", data.task, TASKS)
     _one_of("data.mode", data.mode, MODES)
     _one_of("data.scaler", data.scaler, SCALERS)
+    check_target_transform(data)
     _one_of("data.fill", data.fill, FILLS)
     _names("data.inputs", data.inputs)
     _names("data.targets", data.targets)
@@ -665,6 +671,21 @@ def check_data(data: DataConfig) -> None:
     else:
         check_series_split(data)
     check_source_rules(data)
+
+
+def check_target_transform(data: DataConfig) -> None:
+    _one_of("data.target_transform", data.target_transform, TARGET_TRANSFORMS)
+    if data.target_transform == "none":
+        return
+    what = f"data.target_transform={data.target_transform}"
+    _require(data.layout == "series" and data.mode == "forecast" and data.task == "regression",
+             "data.target_transform", data.target_transform,
+             "needs a forecast of one series (data.layout=series, data.mode=forecast, "
+             "data.task=regression)")
+    missing = [t for t in data.targets if t not in data.inputs]
+    _require(not missing, "data.inputs", data.inputs,
+             f"must include the target(s) {missing}: {what} turns forecasts back into levels from "
+             "the last observed value")
 
 
 def check_series_split(data: DataConfig) -> None:
@@ -786,11 +807,25 @@ def check_model(model: ModelConfig, data: DataConfig) -> None:
              "must be in [0, 1]")
     _at_least("model.recurrent_l2", model.recurrent_l2, 0)
     check_head(model, data)
+    check_transformed_model(model, data)
     if model.name == "seq2seq":
         _require(data.mode == "forecast", "model.name", model.name,
                  "needs a forecasting data config (data.mode=forecast), not a per-step sequence task")
         if model.cell is not None:
             _one_of("model.cell", model.cell, [v for v in variants if v != "seq2seq"])
+
+
+def check_transformed_model(model: ModelConfig, data: DataConfig) -> None:
+    if data.target_transform == "none":
+        return
+    # Quantiles of one change map to quantiles of the next price; those of a sum of several
+    # changes are not the sum of their quantiles, nor is a gaussian of returns one of prices.
+    _require(model.head == "point" or (model.head == "quantile" and data.horizon == 1),
+             "model.head", model.head, f"with data.target_transform={data.target_transform} only "
+             "point, or quantile at data.horizon=1, are supported")
+    _require(model.name != "seq2seq", "model.name", model.name,
+             f"does not support data.target_transform={data.target_transform} yet (its decoder "
+             "starts from the last level); use a single-pass variant, e.g. model=lstm")
 
 
 def check_head(model: ModelConfig, data: DataConfig) -> None:

@@ -35,7 +35,7 @@ def predict_windows(net: Forecaster, x_scaled: np.ndarray, batch_size: int = 102
             # Windows are read-only strided views; copy each batch into a fresh tensor.
             batch = torch.tensor(x_scaled[start:start + batch_size], dtype=torch.float32,
                                  device=net.x_center.device)
-            outputs.append(net.to_output(net(batch)).cpu().numpy())
+            outputs.append(net.to_output(net(batch), batch).cpu().numpy())
     if outputs:
         return np.concatenate(outputs)
     steps = net.spec.lookback if net.spec.mode == "sequence" else net.spec.horizon
@@ -53,7 +53,7 @@ def predict_distribution(net: Forecaster, x_scaled: np.ndarray,
         for start in range(0, len(x_scaled), batch_size):
             batch = torch.tensor(x_scaled[start:start + batch_size], dtype=torch.float32,
                                  device=net.x_center.device)
-            for name, values in _forecast_columns(net, net(batch)).items():
+            for name, values in _forecast_columns(net, net(batch), batch).items():
                 parts.setdefault(name, []).append(values.cpu().numpy())
     if parts:
         return {name: np.concatenate(values) for name, values in parts.items()}
@@ -62,11 +62,12 @@ def predict_distribution(net: Forecaster, x_scaled: np.ndarray,
     return {name: empty for name in _forecast_columns(net, None)}
 
 
-def _forecast_columns(net: Forecaster, out: torch.Tensor | None) -> dict[str, torch.Tensor | None]:
-    # `out` None: only the names (for an empty split).
-    columns = {"y_pred": None if out is None else net.to_output(out)}
+def _forecast_columns(net: Forecaster, out: torch.Tensor | None,
+                      x: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+    # `out` None: only the names (for an empty split). `x`: the scaled windows of `out`.
+    columns = {"y_pred": None if out is None else net.to_output(out, x)}
     if net.levels:
-        quantiles = None if out is None else net.to_quantiles(out)
+        quantiles = None if out is None else net.to_quantiles(out, x=x)
         for i, level in enumerate(net.levels):
             columns[intervals.quantile_column(level)] = None if out is None else quantiles[..., i]
     if net.spec.head in ("gaussian", "student_t"):
@@ -83,7 +84,7 @@ def window_rows(windows: Windows, prepared: PreparedData, split: str) -> pd.Data
     (sequence mode) or the horizon (forecast mode: step 0 is one step ahead).
     """
     index = prepared.frame.index
-    truth = prepared.y_scaler.inverse(windows.y.reshape(-1, len(prepared.targets)))
+    truth = raw_targets(prepared, windows)
     n_windows, n_steps = windows.rows.shape
     n_targets = len(prepared.targets)
     rows = np.repeat(windows.rows.reshape(-1), n_targets)
@@ -96,6 +97,12 @@ def window_rows(windows: Windows, prepared: PreparedData, split: str) -> pd.Data
         index.name or "index": index.to_numpy()[rows],
         "y_true": truth.reshape(-1),
     })
+
+
+def raw_targets(prepared: PreparedData, windows: Windows) -> np.ndarray:
+    """The windows' targets on the raw scale, (windows, steps, targets): read from the frame at
+    their rows, so levels even where the windows hold changes (data.target_transform)."""
+    return prepared.frame[prepared.targets].to_numpy(dtype=np.float64)[windows.rows]
 
 
 def predictions_frame(net: Forecaster, prepared: PreparedData, splits=SPLITS) -> pd.DataFrame:

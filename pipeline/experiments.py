@@ -61,13 +61,18 @@ def plan(cfg: TrainConfig, overrides: Sequence[str]) -> list[tuple[str, str, lis
     return runs
 
 
+STUDY_VARIANT_TAG = "study_variant"
+
+
 def run_one(study: str, variant: str, overrides: list[str], mode: str) -> Outcome:
     from pipeline.training import train  # lazy: Lightning loads after every run's config passed
 
     start = time.perf_counter()
     cfg = load_config("train", overrides)
     try:
-        result = train(cfg)
+        # The study's own name for the run (e.g. gru-quantile): the model's label (the variant
+        # tag, seq2seq-gru) does not tell a study's point and quantile runs of one cell apart.
+        result = train(cfg, tags={STUDY_VARIANT_TAG: variant})
     except DataUnavailable as exc:  # data that cannot be had here: say so, go on with the rest
         return Outcome(study, variant, "skipped", str(exc), time.perf_counter() - start)
     except PipelineError as exc:

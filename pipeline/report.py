@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.cli import CONF_DIR, group_options, load_config, run_command
 from pipeline.config import RunnerConfig, TrainConfig, tracking_store
 from pipeline.errors import TrackingError
-from pipeline.experiments import QUICK_STORE
+from pipeline.experiments import QUICK_STORE, STUDY_VARIANT_TAG
 from pipeline.tracking.store import Store, open_store
 
 MODEL_METRICS = ("mse", "mae", "rmse", "mape", "accuracy", "log_loss", "exact_match")
@@ -43,7 +43,8 @@ def latest_runs_by_study(client: MlflowClient) -> dict[str, dict[str, Run]]:
                               order_by=["attributes.start_time DESC"], max_results=5000)
     studies: dict[str, dict[str, Run]] = {}
     for run in runs:
-        study, variant = run.data.tags.get("study"), run.data.tags.get("variant")
+        study = run.data.tags.get("study")
+        variant = run.data.tags.get(STUDY_VARIANT_TAG) or run.data.tags.get("variant")
         if study and variant:
             studies.setdefault(study, {}).setdefault(variant, run)
     return studies

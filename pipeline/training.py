@@ -94,6 +94,7 @@ def network_spec(cfg: TrainConfig, prepared: PreparedData) -> NetworkSpec:
         bidirectional=model.bidirectional, init_state=model.init_state, task=cfg.data.task,
         cell=model.cell, x_scaler=prepared.x_scaler.to_dict(), y_scaler=prepared.y_scaler.to_dict(),
         head=model.head, quantiles=list(model.quantiles),
+        target_transform=cfg.data.target_transform,
     )
 
 

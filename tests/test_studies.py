@@ -113,3 +113,19 @@ def test_only_unavailable_data_is_a_skip(store, tmp_path) -> None:
     on_file = ["experiment=stock_close", "model=lstm", "data=csv", f"data.params.path={short}"]
     outcome = run_one("stock_close", "lstm", on_file, "full")
     assert outcome.status == "failed" and "closes.csv" in outcome.detail and "split" in outcome.detail
+
+
+def test_the_report_keeps_a_studys_point_and_quantile_runs_of_one_cell_apart(store) -> None:
+    # Both are seq2seq-gru to the model (its variant tag); the study names them gru and
+    # gru-quantile, and so does the report, whose bars name them so too.
+    from pipeline.report import latest_runs_by_study
+
+    client = MlflowClient(store)
+    experiment = client.create_experiment("sst_synthetic")
+    for name in ("gru", "gru-quantile"):
+        run = client.create_run(experiment, tags={"study": "sst_seq2seq", "variant": "seq2seq-gru",
+                                                  "study_variant": name})
+        client.set_terminated(run.info.run_id, "FINISHED")
+    older = client.create_run(experiment, tags={"study": "sst_seq2seq", "variant": "seq2seq-lstm"})
+    client.set_terminated(older.info.run_id, "FINISHED")  # a run from before the study tag
+    assert sorted(latest_runs_by_study(client)["sst_seq2seq"]) == ["gru", "gru-quantile", "seq2seq-lstm"]

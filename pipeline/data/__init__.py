@@ -6,6 +6,7 @@ cache        Parquet + JSON manifest per source and parameters, written atomical
 fetch        config -> FetchResult (validated frame, content digest, where it came from)
 windowing    sliding windows as strided views; chronological splits by fraction or date
 scaling      affine scalers fit on training rows only
+transforms   price targets as changes (log_return, diff) and back to levels
 prepare      FetchResult -> PreparedData (series or samples layout)
 datamodule   PreparedData -> LightningDataModule; build_datamodule(config) for every caller
 """

@@ -138,10 +138,12 @@ def window_spec(data: DataConfig) -> WindowSpec:
 def prepare_data(data: DataConfig) -> PreparedData:
     """Config -> fetched, validated, split, scaled windows (series or samples layout)."""
     fetched = load_data(data)
-    prepare = prepare_samples if data.layout == "samples" else prepare_series
     split = {k: v for k, v in vars(data.split).items()}
-    return prepare(fetched, list(data.inputs), list(data.targets), window_spec(data), split,
-                   data.scaler)
+    if data.layout == "samples":
+        return prepare_samples(fetched, list(data.inputs), list(data.targets), window_spec(data),
+                               split, data.scaler)
+    return prepare_series(fetched, list(data.inputs), list(data.targets), window_spec(data), split,
+                          data.scaler, data.target_transform)
 
 
 def build_datamodule(data: DataConfig) -> SeriesDataModule:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipeline.data.loading import FetchResult
 from pipeline.data.scaling import AffineScaler
+from pipeline.data.transforms import changes, first_non_positive
 from pipeline.data.windowing import (
     SPLITS,
     Windows,
@@ -53,6 +54,9 @@ class PreparedData:
     source: str
     layout: str = "series"
     cache_path: Path | None = None  # the cached Parquet file the data came from, if any
+    # none | log_return | diff: windows' y (and y_scaler) hold the targets' changes; the frame
+    # keeps the levels (pipeline.data.transforms).
+    target_transform: str = "none"
 
 
 def prepare_series(
@@ -62,20 +66,24 @@ def prepare_series(
     spec: WindowSpec,
     split: Mapping[str, Any],
     scaler: str = "standard",
+    target_transform: str = "none",
 ) -> PreparedData:
     """Split one series chronologically, fit scalers on the train rows only, window each split.
 
     `split`: fractions {train, val, test} or dates {train_end, val_end}. Windows are cut inside
-    each split, so no sample's inputs or targets cross a boundary.
+    each split, so no sample's inputs or targets cross a boundary. With a target_transform the
+    targets become changes from the previous row (a window's first target follows its last
+    input row, so every change it holds is observed).
     """
     frame = fetched.frame
     bounds = series_split_bounds(frame.index, dict(split))
     check_split_lengths(bounds, spec, fetched.label)
     x_raw = frame[inputs].to_numpy(dtype=np.float64)
-    y_raw = frame[targets].to_numpy(dtype=np.float64)
+    y_raw = target_values(frame, targets, target_transform, fetched.label)
     train_start, train_stop = bounds["train"]
     x_scaler = AffineScaler.fit(scaler, x_raw[train_start:train_stop])
-    y_scaler = AffineScaler.fit(scaler, y_raw[train_start:train_stop])
+    # The first row has no change; it is never a window's target, and the scaler skips it.
+    y_scaler = AffineScaler.fit(scaler, y_raw[max(train_start, int(target_transform != "none")):train_stop])
     x_all, y_all = x_scaler.transform(x_raw), y_scaler.transform(y_raw)
     windows = {
         name: make_windows(x_all[start:stop], y_all[start:stop], spec, first_row=start)
@@ -83,7 +91,21 @@ def prepare_series(
     }
     return PreparedData(windows=windows, bounds=bounds, x_scaler=x_scaler, y_scaler=y_scaler,
                         inputs=list(inputs), targets=list(targets), spec=spec, frame=frame,
-                        digest=fetched.digest, source=fetched.source, cache_path=fetched.cache_path)
+                        digest=fetched.digest, source=fetched.source, cache_path=fetched.cache_path,
+                        target_transform=target_transform)
+
+
+def target_values(frame: pd.DataFrame, targets: list[str], kind: str, label: str) -> np.ndarray:
+    """The target columns as the model learns them: levels, or their changes (see transforms)."""
+    levels = frame[targets].to_numpy(dtype=np.float64)
+    if kind == "log_return":
+        bad = first_non_positive(levels)
+        if bad is not None:
+            row, column = bad
+            raise DataError(f"{label}: data.target_transform=log_return needs prices > 0; column "
+                            f"{targets[column]!r} is {levels[row, column]!r} at {frame.index[row]}; "
+                            "use data.target_transform=diff")
+    return changes(levels, kind)
 
 
 def prepare_samples(

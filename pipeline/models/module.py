@@ -161,7 +161,7 @@ class ForecastModule(L.LightningModule):
             # (batch, steps, targets) -> (batch, labels): exact_match needs the sample axis
             metrics.update(torch.sigmoid(pred).reshape(len(y), -1), y.reshape(len(y), -1).int())
         else:
-            metrics.update(self.net.to_output(pred).reshape(-1), self.net.unscale_y(y).reshape(-1))
+            metrics.update(self.net.to_output(pred, x).reshape(-1), self.net.unscale_y(y, x).reshape(-1))
 
     def _start_evaluation(self, stage: str, metrics: MetricCollection) -> None:
         # Each epoch's end empties both; a loop stopped half-way (an error, Ctrl-C in

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from pipeline.data.transforms import to_levels
 from pipeline.models.backbones import Backbone, State, build_backbone
 from pipeline.models.distributions import DEFAULT_QUANTILES, DistributionLayer
 from pipeline.models.heads import ForecastHead, SequenceHead
@@ -40,6 +41,9 @@ class NetworkSpec:
         y_scaler: the same per target column.
         head: "point", "quantile", "gaussian" or "student_t" (pipeline.models.distributions).
         quantiles: the levels a quantile head predicts and every non-point head reports.
+        target_transform: "none", "log_return" or "diff": the network predicts the targets'
+            changes and its raw-scale readers turn them into levels from each window's last
+            observed value (pipeline.data.transforms).
     """
 
     variant: str
@@ -60,6 +64,7 @@ class NetworkSpec:
     # After the scalers, with defaults: specs logged before heads existed load as point heads.
     head: str = "point"
     quantiles: list[float] = field(default_factory=lambda: list(DEFAULT_QUANTILES))
+    target_transform: str = "none"  # specs logged before transforms existed load as levels
 
     @property
     def is_seq2seq(self) -> bool:
@@ -166,25 +171,39 @@ class Forecaster(nn.Module):
             return self.head(final, self._last_targets(x), teacher, teacher_forcing)
         return self.head(outputs)
 
-    def to_output(self, y: torch.Tensor) -> torch.Tensor:
+    def to_output(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Network output -> what users read: raw-scale values (a distribution head's median),
-        or probabilities for classes; (batch, steps, targets) for every head."""
+        or probabilities for classes; (batch, steps, targets) for every head. `x`, the scaled
+        windows the output came from, is needed with a target transform (see _levels)."""
         if self.spec.task == "classification":
             return torch.sigmoid(y)
-        return self.distribution.median(y) * self.y_scale + self.y_center
+        return self._levels(self.distribution.median(y) * self.y_scale + self.y_center, x)
+
+    def _levels(self, values: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        # Raw-scale targets, or raw-scale changes turned into levels from each window's last
+        # observed value of the target (an input column too: the config check makes it one).
+        if self.spec.target_transform == "none":
+            return values
+        if x is None:
+            raise ValueError(f"target_transform={self.spec.target_transform}: levels need the windows (x)")
+        columns = self._target_columns
+        last = x[:, -1, columns] * self.x_scale[columns] + self.x_center[columns]
+        return to_levels(values, last, self.spec.target_transform)
 
     @property
     def levels(self) -> tuple[float, ...]:
         """The quantile levels this network reports (its spec's), empty for a point head."""
         return () if self.distribution.is_point else self.distribution.levels
 
-    def to_quantiles(self, y: torch.Tensor, levels: Sequence[float] | None = None) -> torch.Tensor:
+    def to_quantiles(self, y: torch.Tensor, levels: Sequence[float] | None = None,
+                     x: torch.Tensor | None = None) -> torch.Tensor:
         """forward()'s parameters -> raw-scale quantiles (batch, steps, targets, levels) at
-        `levels` (default: the spec's). A point head raises ValueError."""
+        `levels` (default: the spec's); `x` as for to_output. A point head raises ValueError."""
         wanted = self.levels if levels is None else levels
         scaled = self.distribution.quantiles(y, wanted)
-        # The scalers are affine with a positive scale, so quantiles map through them.
-        return scaled * self.y_scale[:, None] + self.y_center[:, None]
+        # The scalers are affine with a positive scale, and one step's level is monotone in its
+        # change, so quantiles map through both.
+        return self._levels(scaled * self.y_scale[:, None] + self.y_center[:, None], x)
 
     def to_parameters(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """forward()'s parameters -> raw-scale (batch, steps, targets) tensors: gaussian mu and
@@ -196,15 +215,18 @@ class Forecaster(nn.Module):
             out["df"] = y[..., 2]
         return out
 
-    def unscale_y(self, y: torch.Tensor) -> torch.Tensor:
-        """Scaled targets -> raw targets (identity for class labels, which are never scaled)."""
-        return y * self.y_scale + self.y_center
+    def unscale_y(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled targets -> raw targets (levels, with `x` as for to_output, under a target
+        transform). Class labels are never scaled: unscale_y leaves them be."""
+        if self.spec.task == "classification":
+            return y
+        return self._levels(y * self.y_scale + self.y_center, x)
 
     @torch.no_grad()
     def predict_raw(self, x_raw: torch.Tensor) -> torch.Tensor:
         """(batch, lookback, inputs) raw values -> (batch, steps, targets) raw-scale predictions."""
         x = (x_raw - self.x_center) / self.x_scale
-        return self.to_output(self(x))
+        return self.to_output(self(x), x)
 
     @torch.no_grad()
     def predict_quantiles(self, x_raw: torch.Tensor,
@@ -212,4 +234,4 @@ class Forecaster(nn.Module):
         """(batch, lookback, inputs) raw values -> (batch, steps, targets, levels) raw-scale
         quantiles at `levels` (default: the spec's)."""
         x = (x_raw - self.x_center) / self.x_scale
-        return self.to_quantiles(self(x), levels)
+        return self.to_quantiles(self(x), levels, x)

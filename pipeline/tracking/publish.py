@@ -19,6 +19,7 @@ from pipeline.evaluate import (
     one_prediction_per_row,
     predictions_frame,
     probabilistic_metrics,
+    raw_targets,
 )
 from pipeline.intervals import calibration_curves
 from pipeline.models.network import Forecaster
@@ -94,7 +95,7 @@ def write_run_files(handle: RunHandle, net: Forecaster, prepared: PreparedData, 
     preds[preds["split"] == "test"].to_csv(out / "predictions" / "test_predictions.csv", index=False)
     test = prepared.windows["test"]
     save_test_windows(out / "evaluation" / "test_windows.npz", prepared.x_scaler.inverse(test.x),
-                      prepared.y_scaler.inverse(test.y), evaluation.scored_from)
+                      raw_targets(prepared, test), evaluation.scored_from)
     title = handle.run_name
     plot_loss_curve(loss_history(handle), out / "plots" / "loss_curve.png", title=f"{title}: loss")
     plot_forecast(prepared.frame[prepared.targets], one_prediction_per_row(preds, prepared.spec.mode),

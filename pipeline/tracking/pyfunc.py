@@ -102,11 +102,11 @@ def forecast_frame(net: Forecaster, recent: pd.DataFrame) -> pd.DataFrame:
     column per target (the point forecast: the median for a probabilistic head) and, for a
     probabilistic head, `<target>_q<level>` per quantile level, in increasing order."""
     spec = net.spec
-    x_raw = recent_window(net, recent)[None]
-    params = net((x_raw - net.x_center) / net.x_scale)  # one pass for the point and the quantiles
-    out = pd.DataFrame(net.to_output(params)[0].numpy().astype(np.float64), columns=spec.targets)
+    x = (recent_window(net, recent)[None] - net.x_center) / net.x_scale
+    params = net(x)  # one pass for the point and the quantiles
+    out = pd.DataFrame(net.to_output(params, x)[0].numpy().astype(np.float64), columns=spec.targets)
     if net.levels:
-        quantiles = net.to_quantiles(params)[0].numpy().astype(np.float64)  # (steps, targets, levels)
+        quantiles = net.to_quantiles(params, x=x)[0].numpy().astype(np.float64)  # (steps, targets, levels)
         for t, target in enumerate(spec.targets):
             for q, level in enumerate(net.levels):
                 out[f"{target}_{level_label(level)}"] = quantiles[:, t, q]
