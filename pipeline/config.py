@@ -371,7 +371,8 @@ OmegaConf.register_new_resolver("file_stem", _file_stem, replace=True)
 class SineParams:
     points: int = 1000
     periods: float = 6.0
-    noise: float = 0.0
+    noise: float = 0.0  # sd of gaussian noise on the input sin(t)
+    target_noise: float = 0.0  # sd of gaussian noise on the target cos(t): what intervals cover
     seed: int = 0
 
 
@@ -745,6 +746,7 @@ def check_source_rules(data: DataConfig) -> None:
         _at_least("data.params.points", p["points"], 10)
         _require(p["periods"] > 0, "data.params.periods", p["periods"], "must be > 0")
         _at_least("data.params.noise", p["noise"], 0)
+        _at_least("data.params.target_noise", p["target_noise"], 0)
     elif data.source == "binary_add":
         _require(2 <= p["bits"] <= 30, "data.params.bits", p["bits"], "must be between 2 and 30")
         for split in ("train", "val", "test"):

@@ -179,3 +179,13 @@ def test_fetch_command_fails_in_one_line_and_writes_nothing(tmp_path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: stock 000001.SH: tushare's legacy get_k_data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sine_target_noise_has_its_sd_and_leaves_the_noise_free_series_as_it_was(tmp_path) -> None:
+    clean = load_data(data_config("sine", tmp_path, "data.params.points=4000")).frame
+    noisy = load_data(data_config("sine", tmp_path, "data.params.points=4000",
+                                  "data.params.target_noise=0.1")).frame
+    np.testing.assert_array_equal(noisy["sin"], clean["sin"])  # the input is untouched
+    np.testing.assert_allclose(clean["cos"], np.cos(clean.index.to_numpy()))
+    assert np.std(noisy["cos"] - clean["cos"]) == pytest.approx(0.1, rel=0.05)
+    assert "data.params.target_noise" in config_error("data=sine", "data.params.target_noise=-1")

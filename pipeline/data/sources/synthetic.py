@@ -13,7 +13,8 @@ from pipeline.data.sources import source
 
 @source("sine")
 def sine_cosine(params: Mapping[str, Any]) -> pd.DataFrame:
-    """Input sin(t), target cos(t), t over 0..2π·periods (default 12π).
+    """Input sin(t), target cos(t), t over 0..2π·periods (default 12π); `noise` and
+    `target_noise` add gaussian noise of that sd to the input and the target.
 
     Equal sine values map to different cosines (rising vs falling), so a model must use context.
     """
@@ -21,7 +22,9 @@ def sine_cosine(params: Mapping[str, Any]) -> pd.DataFrame:
     t = np.linspace(0.0, 2 * np.pi * periods, points)
     rng = np.random.default_rng(params["seed"])
     sin = np.sin(t) + noise * rng.standard_normal(points)
-    return pd.DataFrame({"sin": sin, "cos": np.cos(t)}, index=pd.Index(t, name="t"))
+    # Drawn after the input noise, so a series without target noise is the one it always was.
+    cos = np.cos(t) + params.get("target_noise", 0.0) * rng.standard_normal(points)
+    return pd.DataFrame({"sin": sin, "cos": cos}, index=pd.Index(t, name="t"))
 
 
 @source("sst_synthetic")
