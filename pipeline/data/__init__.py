@@ -8,5 +8,7 @@ windowing    sliding windows as strided views; chronological splits by fraction 
 scaling      affine scalers fit on training rows only
 transforms   price targets as changes (log_return, diff) and back to levels
 prepare      FetchResult -> PreparedData (series or samples layout)
+universe     many series as one long frame: a common date split, per-series scalers, an index
+             of windows gathered per batch (not yet wired into training)
 datamodule   PreparedData -> LightningDataModule; build_datamodule(config) for every caller
 """
