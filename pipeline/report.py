@@ -155,7 +155,16 @@ def build_report(client: MlflowClient, out: Path, mode: str = "full") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     report = out / "studies.md"
     report.write_text("\n".join(lines))
+    remove_unlinked_plots(out, "\n".join(lines))
     return report
+
+
+def remove_unlinked_plots(out: Path, text: str) -> None:
+    # A variant renamed or dropped from a study leaves its old plots behind; the report folder
+    # holds what the report shows and nothing else.
+    for plot in sorted((out / "plots").glob("*/*.png")):
+        if f"(plots/{plot.parent.name}/{plot.name})" not in text:
+            plot.unlink()
 
 
 def log_report(store: Store, report: Path) -> str:

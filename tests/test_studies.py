@@ -69,7 +69,11 @@ def test_quick_runs_then_report_from_the_store(store, tmp_path, capsys) -> None:
     # offline, with no cache: the stock study is skipped with its reason, the rest goes on
     assert "stock_close      lstm       skipped" in printed and "TUSHARE_TOKEN" in printed
     assert "toy_regression   lstm       done" in printed
+    stale = tmp_path / "reports" / "plots" / "toy_regression" / "seq2seq-old_forecast.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"a plot of a variant the report no longer has")
     build_report(["report.mode=quick", f"tracking.uri={store}", f"report.output={tmp_path / 'reports'}"])
+    assert not stale.exists()
     report = (tmp_path / "reports" / "studies.md").read_text()
     assert report.startswith("# Studies (quick mode")
     assert "## toy_regression" in report and "## stock_close" not in report
