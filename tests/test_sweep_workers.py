@@ -123,7 +123,10 @@ def test_two_workers_share_one_postgresql_study(tmp_path, postgres_url):
 
 
 @pytest.mark.slow
-def test_sigterm_fails_the_running_trial_and_a_restart_finishes_the_study(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_worker_fails_its_trial_and_a_restart_finishes_the_study(tmp_path, monkeypatch, stop):
+    """SIGTERM: the worker fails its trial itself. SIGKILL (or the OOM killer): it cannot, the
+    trial stays RUNNING in the journal, and the next worker on this host fails it."""
     import signal
     import time
 
@@ -144,25 +147,35 @@ def test_sigterm_fails_the_running_trial_and_a_restart_finishes_the_study(tmp_pa
         if child and client.get_metric_history(child[0].info.run_id, "val/loss"):
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(getattr(signal, stop))
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143, err[-2000:]
-    assert err.strip().splitlines()[-1].startswith("error: sweep stopped by SIGTERM")
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(tmp_path / "optuna-journal.log")))
     study = optuna.load_study(study_name="space", storage=storage)
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
-    killed = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
-    assert killed.info.status == "KILLED" and killed.data.tags["sweep.trial_state"] == "failed"
-    parent_id = killed.data.tags["mlflow.parentRunId"]
-    assert client.get_run(parent_id).info.status == "KILLED"
+    trial_run = [r for r in client.search_runs(["1"]) if "sweep.trial" in r.data.tags][0]
+    parent_id = trial_run.data.tags["mlflow.parentRunId"]
+    if stop == "SIGTERM":
+        assert proc.returncode == 143, err[-2000:]
+        assert err.strip().splitlines()[-1].startswith("error: sweep stopped by SIGTERM")
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+        assert study.trials[0].user_attrs["mlflow_run_id"] == trial_run.info.run_id
+        assert client.get_run(parent_id).info.status == "KILLED"
+    else:
+        assert proc.returncode == -signal.SIGKILL
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]  # nobody closed it
+        assert study.trials[0].user_attrs["worker"]["pid"] == proc.pid
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     from pipeline.sweep.runner import run_sweep
 
-    report = run_sweep(space)  # the same command again: the study goes on under the same parent
+    lines = []
+    report = run_sweep(space, echo=lines.append)  # the same command again: the study goes on
     assert report.parent_run_id == parent_id and [o.state for o in report.outcomes] == ["complete"]
     study = optuna.load_study(study_name="space", storage=storage)
     assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
+    killed = client.get_run(trial_run.info.run_id)
+    assert killed.info.status == "KILLED" and killed.data.tags["sweep.trial_state"] == "failed"
     assert client.get_run(parent_id).info.status == "FINISHED"
+    orphan_lines = [line for line in lines if "left running by a worker" in line]
+    assert len(orphan_lines) == (1 if stop == "SIGKILL" else 0)

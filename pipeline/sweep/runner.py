@@ -18,11 +18,19 @@ from pipeline.config import tracking_store
 from pipeline.distributed import is_global_zero
 from pipeline.errors import TrackingError, TrainingInterrupted
 from pipeline.sweep.ddp import check_launch, follow, share
+from pipeline.sweep.orphans import fail_orphaned_trials
 from pipeline.sweep.space import SearchSpace, load_search_space
 from pipeline.sweep.storage import default_storage, open_storage, public_name
 from pipeline.sweep.study import StudyHandle, check_joinable, find_study, open_study
 from pipeline.sweep.summary import SweepSummary, counts, summarize
-from pipeline.sweep.trials import BUDGET_SPENT, Objective, TrialFailed, TrialOutcome
+from pipeline.sweep.trials import (
+    BUDGET_SPENT,
+    STATE_TAG,
+    TRIAL_TAG,
+    Objective,
+    TrialFailed,
+    TrialOutcome,
+)
 from pipeline.tracking.run import sigterm_raises
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,8 @@ def run_sweep(search: str, settings: Sequence[str] = (), overrides: Sequence[str
     report = SweepReport(space.study_name, handle.parent.run_id, public_name(storage))
     echo(f"study:   {space.study_name} ({'created' if handle.founder else 'joined'}) in "
          f"{report.storage}; parent run {handle.parent.run_name} (id {handle.parent.run_id})")
+    for number in fail_orphaned_trials(handle, TRIAL_TAG, STATE_TAG):
+        echo(f"trial:   {number} was left running by a worker of this host that is gone; marked failed")
     objective = Objective(handle, admit=lambda trial: within_budget(handle, trial))
     report.outcomes = objective.outcomes
     prepared_at = time.perf_counter()

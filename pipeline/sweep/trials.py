@@ -22,6 +22,7 @@ from pipeline.cli import load_config
 from pipeline.errors import ConfigError, PipelineError, TrainingInterrupted
 from pipeline.secrets import scrub_text
 from pipeline.sweep.ddp import share
+from pipeline.sweep.orphans import WORKER_ATTR, this_worker
 from pipeline.sweep.pruning import TrialReporter
 from pipeline.sweep.study import StudyHandle
 
@@ -75,6 +76,7 @@ class Objective:
             self.outcomes.append(TrialOutcome(trial.number, "failed", None, None, 0.0, BUDGET_SPENT))
             raise TrialFailed(BUDGET_SPENT)
         reporter, state, value, error = None, "failed", None, None
+        trial.set_user_attr(WORKER_ATTR, this_worker())  # who to ask if it is left running
         try:
             reporter = self._reporter(trial)
             value = self._train(trial, reporter)
