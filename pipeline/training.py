@@ -37,8 +37,10 @@ from pipeline.tracking.logger import BufferedMLFlowLogger
 from pipeline.tracking.publish import Evaluation, LoggedModel, publish_results
 from pipeline.tracking.run import (
     RunHandle,
+    ends_on_stop,
     environment_tags,
     open_run,
+    raise_if_stopped,
     reopen_run,
     run_guard,
     run_name_for,
@@ -161,8 +163,10 @@ def start_tracking(store: Store, cfg: TrainConfig, prepared: PreparedData, varia
     handle = open_run(store, cfg.tracking.experiment, run_name_for(variant, cfg.data.name),
                       {**run_tags(cfg, prepared, variant), **(tags or {})}, config,
                       parent_run_id=parent_run_id)
-    # The dataset's content digest names exactly the data this run saw.
-    log_dataset(handle, prepared, context="training")
+    # The dataset's content digest names exactly the data this run saw. The run exists from
+    # here, before run_guard takes it over: a stop in between must not leave it RUNNING.
+    with ends_on_stop(handle):
+        log_dataset(handle, prepared, context="training")
     return handle
 
 
@@ -211,13 +215,16 @@ def fit_test_publish(cfg: TrainConfig, dm: SeriesDataModule, module: ForecastMod
         agreement = WeightsAgreement()
         mirror = MlflowCheckpointMirror(handle, ckpt_dir)
         trainer = build_trainer(cfg.trainer, logger, ckpt_dir, [mirror, agreement, *callbacks])
+        raise_if_stopped()  # a SIGTERM in the set-up whose raise was lost (see raise_if_stopped)
         # weights_only: our checkpoints hold tensors and plain values, never arbitrary objects.
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        raise_if_stopped()
         if any(getattr(c, "abandon", False) for c in callbacks):
             # Every rank saw the same decision (the callback's job), so all skip the test together.
             return abandoned_result(cfg, handle) if handle is not None else None
         tested = test_checkpoint(trainer, cfg.trainer.test_checkpoint)
         trainer.test(module, datamodule=dm, ckpt_path=tested, verbose=False, weights_only=True)
+        raise_if_stopped()
         if handle is None:
             return None
         best = trainer.checkpoint_callback.best_model_path

@@ -31,7 +31,7 @@ from pipeline.sweep.trials import (
     TrialFailed,
     TrialOutcome,
 )
-from pipeline.tracking.run import sigterm_raises
+from pipeline.tracking.run import raise_if_stopped, sigterm_raises
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ def work(handle: StudyHandle, objective: Objective, echo) -> None:
     deadline = None if timeout is None else time.monotonic() + timeout
     failures = 0
     while remaining(handle) > 0 and (deadline is None or time.monotonic() < deadline):
+        raise_if_stopped()  # a SIGTERM whose raise was lost stops the worker before the next trial
         seen = len(objective.outcomes)
         handle.study.optimize(objective, n_trials=1, catch=(TrialFailed,))
         if len(objective.outcomes) == seen:

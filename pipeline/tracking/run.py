@@ -189,6 +189,17 @@ def run_guard(handle: RunHandle | None, checkpoint_dir: str | Path | None = None
         handle.client.set_terminated(handle.run_id, "FINISHED")
 
 
+@contextmanager
+def ends_on_stop(handle: RunHandle) -> Iterator[None]:
+    """For set-up between opening a run and run_guard: an error or a stop ends the run (FAILED,
+    or KILLED for SIGTERM and Ctrl-C) before it goes on."""
+    try:
+        yield
+    except BaseException as exc:
+        _end(handle, "FAILED" if _stop_signal(exc) is None else "KILLED")
+        raise
+
+
 def _stop_signal(exc: BaseException) -> str | None:
     if isinstance(exc, SIGTERMException):
         return "SIGTERM"
@@ -231,21 +242,42 @@ def _server_lost_message(exc: ServerLost, handle: RunHandle | None, checkpoint_d
            f"server is back continue it with trainer.resume={target}"
 
 
+# A SIGTERM the handler received. Its raise can be lost: a signal that lands while Python runs a
+# weakref callback or a __del__ raises there, Python prints "Exception ignored in ..." and goes
+# on (seen: a sweep trial that trained to the end after SIGTERM). raise_if_stopped() raises it
+# again at the next stage boundary.
+_RECEIVED = threading.Event()
+_OPEN = [0]  # nested sigterm_raises blocks: the outermost one clears _RECEIVED
+
+
+def raise_if_stopped() -> None:
+    """Raise the SIGTERM received while a sigterm_raises block is open, if its raise was lost."""
+    if _RECEIVED.is_set():
+        raise SIGTERMException()
+
+
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
     """While open, SIGTERM raises SIGTERMException wherever the process is (the run guard; a
     sweep worker between trials). Inside fit Lightning's own handler runs first and calls this
-    one; there it does nothing, and Lightning stops cleanly at the next step."""
+    one; there it only records the signal, and Lightning stops cleanly at the next step."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame) -> None:
+        _RECEIVED.set()
         if signal.getsignal(signal.SIGTERM) is handler:
             raise SIGTERMException()
 
+    if _OPEN[0] == 0:
+        _RECEIVED.clear()
+    _OPEN[0] += 1
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _OPEN[0] -= 1
+        if _OPEN[0] == 0:
+            _RECEIVED.clear()  # delivered, or the process ends: the next block starts afresh
