@@ -49,19 +49,18 @@ def fail_orphaned_trials(handle, trial_tag: str, state_tag: str) -> list[int]:
     return numbers
 
 
-def trial_run_ids(handle, number: int, trial_tag: str) -> list[str]:
+def trial_runs(handle, number: int, trial_tag: str) -> list:
     """The MLflow runs of trial `number` under the study's parent run (found by their tags, for
     a trial that stopped before its training could name its run)."""
     parent = handle.parent
-    runs = parent.client.search_runs([parent.experiment_id],
+    return parent.client.search_runs([parent.experiment_id],
                                      f"tags.mlflow.parentRunId = '{parent.run_id}' and "
                                      f"tags.`{trial_tag}` = '{number}'")
-    return [run.info.run_id for run in runs]
 
 
 def _kill_trial_run(handle, number: int, trial_tag: str, state_tag: str) -> None:
     client = handle.parent.client
-    for run_id in trial_run_ids(handle, number, trial_tag):
-        client.set_tag(run_id, state_tag, "failed")
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, "KILLED")
+    for run in trial_runs(handle, number, trial_tag):
+        client.set_tag(run.info.run_id, state_tag, "failed")
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")

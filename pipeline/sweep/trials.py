@@ -22,7 +22,7 @@ from pipeline.cli import load_config
 from pipeline.errors import ConfigError, PipelineError, TrainingInterrupted
 from pipeline.secrets import scrub_text
 from pipeline.sweep.ddp import share
-from pipeline.sweep.orphans import WORKER_ATTR, this_worker, trial_run_ids
+from pipeline.sweep.orphans import WORKER_ATTR, this_worker, trial_runs
 from pipeline.sweep.pruning import TrialReporter
 from pipeline.sweep.study import StudyHandle
 
@@ -135,8 +135,8 @@ class Objective:
         run_id = reporter.run_id if reporter else None
         if run_id is None and state == "failed":
             # Stopped before its training named the run (a SIGTERM in the set-up): find it.
-            found = trial_run_ids(self.handle, trial.number, TRIAL_TAG)
-            run_id = found[0] if found else None
+            found = trial_runs(self.handle, trial.number, TRIAL_TAG)
+            run_id = found[0].info.run_id if found else None
         if run_id:
             trial.set_user_attr(RUN_ATTR, run_id)
             client = self.handle.parent.client
