@@ -31,7 +31,11 @@ from pipeline.models.distributions import DEFAULT_QUANTILES, HEADS
 
 # --- choices (one list each; messages and the README's reference read them from here) ---------
 
-LAYOUTS = ("series", "samples")
+LAYOUTS = ("series", "samples", "universe")
+# How a universe model tells its series apart (pipeline.models.network.SeriesEncoder).
+SERIES_ENCODINGS = ("embedding", "onehot", "none")
+# The sources of many series at once (data.layout=universe), and only those.
+UNIVERSE_SOURCES = ("universe_synthetic", "universe_file", "universe_stock")
 TASKS = ("regression", "classification")
 MODES = ("sequence", "forecast")
 SCALERS = ("standard", "minmax", "none")
@@ -90,7 +94,8 @@ class DataConfig:
         name: names the experiment, the registered model and the cache slot.
         source: the source function (pipeline.data.sources) and the schema of `params`.
         params: the source's own settings (checked against that source's schema below).
-        layout: series (one long series, split by time) | samples (independent samples).
+        layout: series (one long series, split by time) | samples (independent samples) |
+            universe (many series, one global model: pipeline.data.universe).
         task: regression | classification (0/1 targets, BCE loss).
         date_column: the column parsed into the index (null: the source's own index).
         date_format: strftime format of that column (null: inferred).
@@ -106,6 +111,8 @@ class DataConfig:
         fill: none (a gap is an error) | ffill | interpolate.
         positive: true, false or a list of columns that must be > 0 (prices).
         cache_dir / offline / refresh: the fetch cache, training from it alone, refetching.
+        min_windows: universe only: a series with fewer training windows than this (or no
+            validation or test window) is dropped, and named in one warning line.
     """
 
     name: str = MISSING
@@ -135,6 +142,7 @@ class DataConfig:
     cache_dir: str = "${oc.env:PIPELINE_DATA_CACHE,data_cache}"
     offline: bool = False
     refresh: bool = False
+    min_windows: int = 1
 
 
 @dataclass
@@ -155,6 +163,9 @@ class ModelConfig:
             the point forecast is always the median.
         quantiles: the levels a quantile head predicts and every non-point head reports:
             strictly increasing in (0, 1), with 0.5 among them.
+        series_encoding: universe only: how the model is told which series a window is from:
+            embedding (a learned vector of series_embedding_dim per series) | onehot | none.
+        series_embedding_dim: the length of that learned vector.
     """
 
     name: str = "lstm"
@@ -168,6 +179,8 @@ class ModelConfig:
     recurrent_l2: float = 0.0
     head: str = "point"
     quantiles: list[float] = field(default_factory=lambda: list(DEFAULT_QUANTILES))
+    series_encoding: str = "embedding"
+    series_embedding_dim: int = 8
 
 
 @dataclass
@@ -444,9 +457,54 @@ class StockParams:
     page_rows: int = 5000
 
 
+@dataclass
+class UniverseSyntheticParams:
+    """data=universe_synthetic: correlated random walks with regime changes (a fifth list late)."""
+
+    n_series: int = 500
+    days: int = 1500
+    seed: int = 0
+    correlation: float = 0.3
+    regimes: int = 3
+    start: str = "2015-01-05"
+
+
+@dataclass
+class UniverseFileParams:
+    """data=universe_file: a long CSV or Parquet file, columns date, series and values."""
+
+    path: str | None = None
+
+
+@dataclass
+class UniverseStockParams:
+    """data=universe_stock: daily bars of many codes, fetched one at a time, cached per code.
+
+    Args:
+        codes: ts_codes (600000.SH) or six-digit codes; and/or
+        index: an index whose members join them (tushare pro's index_weight, e.g. 000300.SH),
+            as of members_on (null: today).
+        attempts / backoff_s: calls per code when refused for the rate or unreachable, and the
+            first wait between them (doubling).
+    """
+
+    codes: list[str] = field(default_factory=list)
+    index: str | None = None
+    members_on: str | None = None
+    start: str | None = "2019-01-01"
+    end: str | None = None
+    api: str = "auto"
+    timeout: float = 30.0
+    page_rows: int = 5000
+    attempts: int = 4
+    backoff_s: float = 1.0
+
+
 SOURCE_PARAMS: dict[str, type] = {
     "sine": SineParams, "toy": ToyParams, "binary_add": BinaryAddParams, "csv": FileParams,
     "sst": SstParams, "sst_synthetic": SstSyntheticParams, "stock": StockParams,
+    "universe_synthetic": UniverseSyntheticParams, "universe_file": UniverseFileParams,
+    "universe_stock": UniverseStockParams,
 }
 
 
@@ -671,7 +729,23 @@ def check_data(data: DataConfig) -> None:
         check_sample_split(data.split)
     else:
         check_series_split(data)
+    check_universe(data)
     check_source_rules(data)
+
+
+def check_universe(data: DataConfig) -> None:
+    """A universe source needs the universe layout and the other way round; a universe model
+    forecasts values (the per-series scalers and baselines are for regression)."""
+    universe_source = data.source in UNIVERSE_SOURCES
+    if data.layout != "universe":
+        _require(not universe_source, "data.layout", data.layout,
+                 f"must be universe for data.source={data.source} (many series)")
+        return
+    _require(universe_source, "data.source", data.source,
+             f"data.layout=universe reads many series: use one of {', '.join(UNIVERSE_SOURCES)}")
+    _require(data.mode == "forecast" and data.task == "regression", "data.mode", data.mode,
+             "data.layout=universe forecasts values: set data.mode=forecast, data.task=regression")
+    _at_least("data.min_windows", data.min_windows, 1)
 
 
 def check_target_transform(data: DataConfig) -> None:
@@ -679,9 +753,9 @@ def check_target_transform(data: DataConfig) -> None:
     if data.target_transform == "none":
         return
     what = f"data.target_transform={data.target_transform}"
-    _require(data.layout == "series" and data.mode == "forecast" and data.task == "regression",
-             "data.target_transform", data.target_transform,
-             "needs a forecast of one series (data.layout=series, data.mode=forecast, "
+    _require(data.layout in ("series", "universe") and data.mode == "forecast"
+             and data.task == "regression", "data.target_transform", data.target_transform,
+             "needs a forecast of a series (data.layout=series or universe, data.mode=forecast, "
              "data.task=regression)")
     missing = [t for t in data.targets if t not in data.inputs]
     _require(not missing, "data.inputs", data.inputs,
@@ -766,6 +840,20 @@ def check_source_rules(data: DataConfig) -> None:
         _at_least("data.params.noise", p["noise"], 0)
     elif data.source == "stock":
         check_stock_params(p)
+    elif data.source == "universe_synthetic":
+        _at_least("data.params.n_series", p["n_series"], 1)
+        _at_least("data.params.days", p["days"], 2)
+        _at_least("data.params.regimes", p["regimes"], 0)
+        _require(0 <= p["correlation"] <= 1, "data.params.correlation", p["correlation"],
+                 "must be in [0, 1]")
+        _date("data.params.start", p["start"])
+    elif data.source == "universe_file":
+        if not p["path"]:
+            raise ConfigError("data.params.path is not set: point it at a long CSV or Parquet file "
+                              "(columns date, series, values), e.g. make train ARGS=\"data=universe_file "
+                              "data.params.path=closes.csv\"")
+    elif data.source == "universe_stock":
+        check_universe_stock_params(p)
     elif data.source == "csv":
         if not p["path"]:
             raise ConfigError("data.params.path is not set: point it at your CSV or Parquet file, e.g. "
@@ -790,6 +878,24 @@ def check_stock_params(p: Mapping[str, Any]) -> None:
         _require(start <= end, "data.params.start", p["start"], f"must not be after data.params.end={p['end']}")
 
 
+def check_universe_stock_params(p: Mapping[str, Any]) -> None:
+    _require(bool(p["codes"]) or bool(p["index"]), "data.params.codes", p["codes"],
+             "name the codes (e.g. [600000.SH,000001.SZ]) or an index (data.params.index=000300.SH)")
+    _require(all(isinstance(c, str) and c.strip() for c in p["codes"]), "data.params.codes",
+             p["codes"], "must be codes as text, e.g. [600000.SH,000001.SZ]")
+    _one_of("data.params.api", p["api"], STOCK_APIS)
+    _require(p["timeout"] > 0, "data.params.timeout", p["timeout"], "must be > 0 seconds")
+    _at_least("data.params.page_rows", p["page_rows"], 1)
+    _at_least("data.params.attempts", p["attempts"], 1)
+    _at_least("data.params.backoff_s", p["backoff_s"], 0)
+    start = _date("data.params.start", p["start"]) if p["start"] else None
+    end = _date("data.params.end", p["end"]) if p["end"] else None
+    if start is not None and end is not None:
+        _require(start <= end, "data.params.start", p["start"], f"must not be after data.params.end={p['end']}")
+    if p["members_on"]:
+        _date("data.params.members_on", p["members_on"])
+
+
 def _known_encoding(name: str) -> None:
     try:
         codecs.lookup(name)
@@ -810,6 +916,8 @@ def check_model(model: ModelConfig, data: DataConfig) -> None:
     _at_least("model.recurrent_l2", model.recurrent_l2, 0)
     check_head(model, data)
     check_transformed_model(model, data)
+    _one_of("model.series_encoding", model.series_encoding, SERIES_ENCODINGS)
+    _at_least("model.series_embedding_dim", model.series_embedding_dim, 1)
     if model.name == "seq2seq":
         _require(data.mode == "forecast", "model.name", model.name,
                  "needs a forecasting data config (data.mode=forecast), not a per-step sequence task")
@@ -832,6 +940,9 @@ def check_transformed_model(model: ModelConfig, data: DataConfig) -> None:
 
 def check_head(model: ModelConfig, data: DataConfig) -> None:
     _one_of("model.head", model.head, HEADS)
+    _require(model.head == "point" or data.layout != "universe", "model.head", model.head,
+             "is not supported with data.layout=universe yet (its evaluation is per series and "
+             "point forecasts only); use model.head=point")
     if model.head != "point":
         _require(data.task == "regression", "model.head", model.head,
                  f"needs data.task=regression (data.task={data.task!r} predicts probabilities)")
@@ -937,6 +1048,7 @@ def check_predict(predict: PredictConfig) -> None:
 CHOICES: dict[str, Sequence[str]] = {
     "data.layout": LAYOUTS, "data.task": TASKS, "data.mode": MODES, "data.scaler": SCALERS,
     "data.fill": FILLS, "model.init_state": INIT_STATES, "model.head": HEADS,
+    "model.series_encoding": SERIES_ENCODINGS,
     "trainer.accelerator": ACCELERATORS,
     "trainer.strategy": STRATEGIES, "trainer.precision": PRECISIONS,
     "trainer.test_checkpoint": TEST_CHECKPOINTS,

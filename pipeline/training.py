@@ -22,6 +22,7 @@ from pipeline.callbacks import BestCheckpoint, EarlyStop, LastCheckpoint, Progre
 from pipeline.config import TrainConfig, TrainerConfig, as_dict, tracking_store
 from pipeline.data.datamodule import SeriesDataModule, build_datamodule
 from pipeline.data.prepare import PreparedData
+from pipeline.data.universe import UniverseData
 from pipeline.distributed import WeightsAgreement, is_global_zero
 from pipeline.models.module import ForecastModule
 from pipeline.models.network import NetworkSpec
@@ -35,6 +36,7 @@ from pipeline.tracking.checkpoints import (
 from pipeline.tracking.datasets import log_dataset
 from pipeline.tracking.logger import BufferedMLFlowLogger
 from pipeline.tracking.publish import Evaluation, LoggedModel, publish_results
+from pipeline.tracking.publish_universe import publish_universe
 from pipeline.tracking.run import (
     RunHandle,
     ends_on_stop,
@@ -87,16 +89,25 @@ def _warn_teacher_forced_intervals(cfg: TrainConfig) -> None:
                     cfg.model.teacher_forcing)
 
 
-def network_spec(cfg: TrainConfig, prepared: PreparedData) -> NetworkSpec:
+def _scalers(prepared: PreparedData | UniverseData) -> dict:
+    """The spec's scaler fields: one scaler, or one row per series of a universe."""
+    if isinstance(prepared, UniverseData):
+        return {"x_scaler": {"center": prepared.x_centers.tolist(), "scale": prepared.x_scales.tolist()},
+                "y_scaler": {"center": prepared.y_centers.tolist(), "scale": prepared.y_scales.tolist()},
+                "series": list(prepared.series)}
+    return {"x_scaler": prepared.x_scaler.to_dict(), "y_scaler": prepared.y_scaler.to_dict()}
+
+
+def network_spec(cfg: TrainConfig, prepared: PreparedData | UniverseData) -> NetworkSpec:
     model = cfg.model
     return NetworkSpec(
         variant=model.name, inputs=prepared.inputs, targets=prepared.targets,
         lookback=prepared.spec.lookback, horizon=prepared.spec.horizon, mode=prepared.spec.mode,
         hidden_size=model.hidden_size, num_layers=model.num_layers, dropout=model.dropout,
         bidirectional=model.bidirectional, init_state=model.init_state, task=cfg.data.task,
-        cell=model.cell, x_scaler=prepared.x_scaler.to_dict(), y_scaler=prepared.y_scaler.to_dict(),
-        head=model.head, quantiles=list(model.quantiles),
-        target_transform=cfg.data.target_transform,
+        cell=model.cell, head=model.head, quantiles=list(model.quantiles),
+        target_transform=cfg.data.target_transform, series_encoding=model.series_encoding,
+        series_embedding_dim=model.series_embedding_dim, **_scalers(prepared),
     )
 
 
@@ -251,8 +262,12 @@ def finish_run(cfg: TrainConfig, handle: RunHandle, module: ForecastModule, prep
     evaluation = Evaluation(scored_from=module.hparams.loss_from_step, season=cfg.data.season,
                             task=cfg.data.task)
     registered = cfg.tracking.registered_model if cfg.tracking.register else None
-    logged = publish_results(handle, module.net, prepared, config, best, registered, evaluation,
-                             log_model=log_model)
+    if isinstance(prepared, UniverseData):
+        logged = publish_universe(handle, module.net, prepared, config, best, registered,
+                                  log_model=log_model)
+    else:
+        logged = publish_results(handle, module.net, prepared, config, best, registered,
+                                 evaluation, log_model=log_model)
     decision = promote_logged(cfg, handle, logged) if logged is not None else None
     metrics = handle.client.get_run(handle.run_id).data.metrics
     return TrainResult(run_id=handle.run_id, run_name=handle.run_name,

@@ -28,11 +28,12 @@ MODELS = [m for m in group_options(CONF_DIR, "model") if m != "seq2seq"]
 
 @pytest.mark.parametrize(("data", "model"), list(itertools.product(DATA, MODELS)))
 def test_every_shipped_data_and_model_config_loads_typed(data: str, model: str) -> None:
-    extra = ["data.params.path=prices.csv"] if data == "csv" else []
+    files = ("csv", "universe_file")
+    extra = ["data.params.path=prices.csv"] if data in files else []
     cfg = load_config("train", [f"data={data}", f"model={model}", *extra])
     assert isinstance(cfg, TrainConfig) and isinstance(cfg.data, DataConfig)
     assert isinstance(cfg.model, ModelConfig) and isinstance(cfg.trainer, TrainerConfig)
-    assert cfg.model.name == model and cfg.data.name == (data if data != "csv" else "prices")
+    assert cfg.model.name == model and cfg.data.name == (data if data not in files else "prices")
     assert cfg.tracking.registered_model == f"{cfg.data.name}-forecaster"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import (
@@ -20,6 +21,8 @@ from torch.utils.data import (
 from pipeline.config import DataConfig
 from pipeline.data.loading import load_data
 from pipeline.data.prepare import PreparedData, prepare_samples, prepare_series
+from pipeline.data.universe import UniverseData, UniverseWindows
+from pipeline.data.universe_loading import prepare_universe_data
 from pipeline.data.windowing import SPLITS, Windows, WindowSpec
 
 
@@ -47,7 +50,41 @@ class WindowTensors(Dataset):
         return self.x.index_select(0, rows), self.y.index_select(0, rows)
 
 
-def whole_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+class UniverseBatches(Dataset):
+    """One split of a universe, served as (x, y, series ids) batches gathered from its rows.
+
+    The split's rows are held once (torch views of UniverseWindows' arrays, no copy); a batch
+    gathers start + arange(span) rows per window, so no window is ever materialised and memory
+    stays that of the rows, whatever the lookback and however many epochs run.
+    """
+
+    def __init__(self, windows: UniverseWindows) -> None:
+        self.x_values = torch.from_numpy(windows.x_values)
+        self.y_values = torch.from_numpy(windows.y_values)
+        self.starts = torch.from_numpy(windows.starts)
+        self.series_ids = torch.from_numpy(windows.series_ids.astype(np.int64))
+        self.input_steps = torch.arange(windows.spec.lookback)
+        self.target_steps = torch.from_numpy(windows.target_offsets)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y, series = self.__getitems__([index])
+        return x[0], y[0], series[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        windows = torch.as_tensor(indices, dtype=torch.long)
+        starts = self.starts.index_select(0, windows)[:, None]
+        return (self.x_values[starts + self.input_steps], self.y_values[starts + self.target_steps],
+                self.series_ids.index_select(0, windows))
+
+
+def split_dataset(windows: Windows | UniverseWindows) -> Dataset:
+    return UniverseBatches(windows) if isinstance(windows, UniverseWindows) else WindowTensors(windows)
+
+
+def whole_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The loader's collate: `__getitems__` already returned the batch (module level, so worker
     processes can unpickle it)."""
     return batch
@@ -84,7 +121,7 @@ class SeriesDataModule(L.LightningDataModule):
     `shuffle`), evaluation batches of `eval_batch_size` windows in chronological order (default:
     EVAL_BATCH_WINDOWS, or `batch_size` if that is larger)."""
 
-    def __init__(self, prepared: PreparedData, batch_size: int = 32, num_workers: int = 0,
+    def __init__(self, prepared: PreparedData | UniverseData, batch_size: int = 32, num_workers: int = 0,
                  pin_memory: bool = False, shuffle: bool = True,
                  eval_batch_size: int | None = None) -> None:
         super().__init__()
@@ -94,7 +131,7 @@ class SeriesDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.shuffle = shuffle
-        self._datasets = {name: WindowTensors(prepared.windows[name]) for name in SPLITS}
+        self._datasets = {name: split_dataset(prepared.windows[name]) for name in SPLITS}
 
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         dataset = self._datasets[split]
@@ -120,23 +157,25 @@ class SeriesDataModule(L.LightningDataModule):
         return self._loader("test", False, self.eval_batch_size)
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        """Our batches are (x, y) tensor pairs: moved as such, and not at all when they are on
-        the device already (CPU training), instead of Lightning's walk over any collection."""
-        x, y = batch
+        """Our batches are tuples of tensors, (x, y) or (x, y, series ids): moved as such, and
+        not at all when they are on the device already (CPU training), instead of Lightning's
+        walk over any collection."""
         device = torch.device(device)
-        if x.device == device and y.device == device:
+        if all(t.device == device for t in batch):
             return batch
         # As Lightning's own move: asynchronous copies except where they are unsafe (mps).
         non_blocking = device.type not in ("cpu", "mps")
-        return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)
+        return tuple(t.to(device, non_blocking=non_blocking) for t in batch)
 
 
 def window_spec(data: DataConfig) -> WindowSpec:
     return WindowSpec(lookback=data.lookback, horizon=data.horizon, stride=data.stride, mode=data.mode)
 
 
-def prepare_data(data: DataConfig) -> PreparedData:
-    """Config -> fetched, validated, split, scaled windows (series or samples layout)."""
+def prepare_data(data: DataConfig) -> PreparedData | UniverseData:
+    """Config -> fetched, validated, split, scaled windows (series, samples or universe layout)."""
+    if data.layout == "universe":
+        return prepare_universe_data(data, window_spec(data))
     fetched = load_data(data)
     split = {k: v for k, v in vars(data.split).items()}
     if data.layout == "samples":

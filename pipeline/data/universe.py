@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.scaling import AffineScaler
+from pipeline.data.transforms import changes, first_non_positive
 from pipeline.data.validation import Rules, column_list, parse_dates
 from pipeline.data.windowing import SPLITS, WindowSpec, series_split_bounds
 from pipeline.errors import ConfigError, DataError
@@ -224,6 +225,10 @@ class UniverseWindows:
         """(B, target_steps) positions in the long frame of each window's targets."""
         return self.frame_rows[self.starts[indices][:, None] + self.target_offsets]
 
+    def input_rows(self, indices: Any) -> np.ndarray:
+        """(B, lookback) positions in the long frame of each window's inputs."""
+        return self.frame_rows[self.starts[indices][:, None] + np.arange(self.spec.lookback)]
+
 
 @dataclass(frozen=True)
 class UniverseData:
@@ -233,6 +238,9 @@ class UniverseData:
     (S, T): scaled = (raw - center[id]) / scale[id]. cut_dates: the first date of val and of
     test, common to all series (train < val <= date < test). dropped: code -> why.
     `frame` is the long frame (sorted by series, date) that `rows()` positions point into.
+    With a target_transform the windows' y (and y scalers) hold each series' changes; the frame
+    keeps the levels. digest/source/label name the data (set by the loader); failed: codes a
+    fetch could not deliver, with why.
     """
 
     series: list[str]
@@ -247,6 +255,13 @@ class UniverseData:
     dropped: dict[str, str]
     cut_dates: dict[str, pd.Timestamp]
     frame: pd.DataFrame
+    target_transform: str = "none"
+    digest: str = ""
+    source: str = "universe"
+    label: str = "universe"
+    failed: dict[str, str] | None = None
+    cache_path: Path | None = None
+    layout: str = "universe"
 
     def unscale_y(self, y: np.ndarray, series_ids: np.ndarray) -> np.ndarray:
         """(B, steps, T) scaled targets (or forecasts) -> raw scale, each by its series."""
@@ -260,13 +275,14 @@ class UniverseData:
 
 def prepare_universe(frame: pd.DataFrame, inputs: Sequence[str], targets: Sequence[str],
                      spec: WindowSpec, split: Mapping[str, Any], scaler: str = "standard",
-                     min_windows: int = 1) -> UniverseData:
+                     min_windows: int = 1, target_transform: str = "none") -> UniverseData:
     """Split a long frame by date, drop series with too little history, fit per-series scalers
     on train rows, index every split's windows.
 
     `split`: fractions {train, val, test} of the union of dates, or dates {train_end, val_end}.
     A series is kept when its train segment yields at least `min_windows` windows and its val
-    and test segments at least one each.
+    and test segments at least one each. With a `target_transform` the targets are each series'
+    changes from its previous row (a series' first row has none; it is never a target).
     """
     inputs, targets = list(inputs), list(targets)
     frame = _checked_frame(frame, [*dict.fromkeys([*inputs, *targets])])
@@ -279,12 +295,13 @@ def prepare_universe(frame: pd.DataFrame, inputs: Sequence[str], targets: Sequen
     new_id = np.cumsum(kept) - 1  # old code -> position among kept series
 
     x_raw = frame[inputs].to_numpy(dtype=np.float64)
-    y_raw = frame[targets].to_numpy(dtype=np.float64)
+    y_raw = series_changes(frame, targets, codes, target_transform)
     train_rows = _rows_of(codes, part, kept, 0)
     train_ids = new_id[codes[train_rows]]
     x_scalers = fit_per_series(x_raw[train_rows], train_ids, scaler)
-    y_scalers = fit_per_series(y_raw[train_rows], train_ids, scaler)
-    del train_rows, train_ids
+    has_change = ~np.isnan(y_raw[train_rows]).any(axis=1)  # all true without a transform
+    y_scalers = fit_per_series(y_raw[train_rows][has_change], train_ids[has_change], scaler)
+    del train_rows, train_ids, has_change
 
     windows = {}
     for k, name in enumerate(SPLITS):
@@ -301,7 +318,24 @@ def prepare_universe(frame: pd.DataFrame, inputs: Sequence[str], targets: Sequen
                         x_centers=x_scalers[0], x_scales=x_scalers[1],
                         y_centers=y_scalers[0], y_scales=y_scalers[1],
                         inputs=inputs, targets=targets, spec=spec, dropped=dropped,
-                        cut_dates=cut_dates, frame=frame)
+                        cut_dates=cut_dates, frame=frame, target_transform=target_transform)
+
+
+def series_changes(frame: pd.DataFrame, targets: list[str], codes: np.ndarray,
+                   kind: str) -> np.ndarray:
+    """The target columns as the model learns them: levels, or each series' changes from its
+    own previous row (NaN on a series' first row: no change crosses from one series to the next)."""
+    levels = frame[targets].to_numpy(dtype=np.float64)
+    if kind == "none":
+        return levels
+    if kind == "log_return" and (bad := first_non_positive(levels)) is not None:
+        row, column = bad
+        raise DataError(f"universe: data.target_transform=log_return needs prices > 0; column "
+                        f"{targets[column]!r} is {levels[row, column]!r} for {_where(frame, row)}; "
+                        "use data.target_transform=diff")
+    out = changes(levels, kind)
+    out[np.r_[0, np.flatnonzero(np.diff(codes)) + 1]] = np.nan
+    return out
 
 
 def _checked_frame(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

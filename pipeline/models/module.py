@@ -24,6 +24,14 @@ def _loss_function(net: Forecaster, classify: bool):
     return net.distribution.loss  # pinball or NLL over the head's parameters
 
 
+def unpack(batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x, y) from one series, (x, y, series ids) from a universe -> x, y, ids or None."""
+    if len(batch) == 3:
+        return batch
+    x, y = batch
+    return x, y, None
+
+
 class EpochLoss:
     """A loss's mean over an epoch's windows, kept as a running tensor sum: a step adds to it and
     never waits for a value. Lightning's self.log does Python work on every call (about 0.4 ms
@@ -111,8 +119,8 @@ class ForecastModule(L.LightningModule):
         else:
             super().__setattr__(name, value)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, x: torch.Tensor, series: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x, series=series)
 
     def _scored(self, pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # (batch, steps, targets) -> (batch, steps - loss_from_step, targets)
@@ -126,8 +134,9 @@ class ForecastModule(L.LightningModule):
         return self.hparams.recurrent_l2 * torch.stack(squares).sum()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        pred, y = self._scored(self.net(x, teacher=y, teacher_forcing=self.hparams.teacher_forcing), y)
+        x, y, series = unpack(batch)
+        pred, y = self._scored(self.net(x, teacher=y, teacher_forcing=self.hparams.teacher_forcing,
+                                        series=series), y)
         loss = self.loss_fn(pred, y)
         self._epoch_loss["train"].add(loss, len(y))
         if self.trainer.is_last_batch:
@@ -154,14 +163,16 @@ class ForecastModule(L.LightningModule):
         self._log_epoch_loss("train")  # an epoch cut short (max_steps, a limit): what it saw
 
     def _evaluate(self, batch, stage: str, metrics: MetricCollection) -> None:
-        x, y = batch
-        pred, y = self._scored(self.net(x), y)  # no teacher: autoregressive where it applies
+        x, y, series = unpack(batch)
+        # No teacher: autoregressive where it applies.
+        pred, y = self._scored(self.net(x, series=series), y)
         self._epoch_loss[stage].add(self.loss_fn(pred, y), len(y))
         if self.classify:
             # (batch, steps, targets) -> (batch, labels): exact_match needs the sample axis
             metrics.update(torch.sigmoid(pred).reshape(len(y), -1), y.reshape(len(y), -1).int())
         else:
-            metrics.update(self.net.to_output(pred, x).reshape(-1), self.net.unscale_y(y, x).reshape(-1))
+            metrics.update(self.net.to_output(pred, x, series).reshape(-1),
+                           self.net.unscale_y(y, x, series).reshape(-1))
 
     def _start_evaluation(self, stage: str, metrics: MetricCollection) -> None:
         # Each epoch's end empties both; a loop stopped half-way (an error, Ctrl-C in

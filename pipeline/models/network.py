@@ -44,6 +44,12 @@ class NetworkSpec:
         target_transform: "none", "log_return" or "diff": the network predicts the targets'
             changes and its raw-scale readers turn them into levels from each window's last
             observed value (pipeline.data.transforms).
+        series: a universe model's series codes; a window's series id is its position here.
+            Empty for a one-series model. With series, x_scaler and y_scaler hold one row per
+            series ({"center": [[...], ...], ...}) and every raw-scale reader takes the ids.
+        series_encoding: "embedding", "onehot" or "none": what the backbone reads beside each
+            input step to tell the series apart (SeriesEncoder).
+        series_embedding_dim: the embedding's length.
     """
 
     variant: str
@@ -65,10 +71,17 @@ class NetworkSpec:
     head: str = "point"
     quantiles: list[float] = field(default_factory=lambda: list(DEFAULT_QUANTILES))
     target_transform: str = "none"  # specs logged before transforms existed load as levels
+    series: list[str] = field(default_factory=list)
+    series_encoding: str = "none"
+    series_embedding_dim: int = 8
 
     @property
     def is_seq2seq(self) -> bool:
         return self.variant == "seq2seq"
+
+    @property
+    def is_universe(self) -> bool:
+        return bool(self.series)
 
     @property
     def label(self) -> str:
@@ -91,6 +104,30 @@ def _affine_buffers(scaler: dict, width: int) -> tuple[torch.Tensor, torch.Tenso
     center = torch.tensor(scaler.get("center", [0.0] * width), dtype=torch.float32)
     scale = torch.tensor(scaler.get("scale", [1.0] * width), dtype=torch.float32)
     return center, scale
+
+
+class SeriesEncoder(nn.Module):
+    """Series ids (batch,) -> features (batch, width) the backbone reads beside every input
+    step: a learned embedding (series with similar dynamics can share what they learn) or a
+    one-hot vector (no parameters, width = number of series)."""
+
+    def __init__(self, kind: str, n_series: int, dim: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.n_series = n_series
+        self.embedding = nn.Embedding(n_series, dim) if kind == "embedding" else None
+        self.width = dim if kind == "embedding" else n_series
+
+    def forward(self, series: torch.Tensor) -> torch.Tensor:
+        if self.embedding is not None:
+            return self.embedding(series)
+        return nn.functional.one_hot(series.long(), self.n_series).float()
+
+
+def series_encoder(spec: NetworkSpec) -> SeriesEncoder | None:
+    if not spec.is_universe or spec.series_encoding == "none":
+        return None
+    return SeriesEncoder(spec.series_encoding, len(spec.series), spec.series_embedding_dim)
 
 
 class LearnedInitialState(nn.Module):
@@ -134,8 +171,11 @@ class Forecaster(nn.Module):
     def __init__(self, spec: NetworkSpec) -> None:
         super().__init__()
         self.spec = spec
-        self.backbone = build_backbone(spec.backbone_variant, len(spec.inputs), spec.hidden_size,
-                                       spec.num_layers, spec.dropout, spec.bidirectional)
+        self.series_encoder = series_encoder(spec)
+        extra = self.series_encoder.width if self.series_encoder is not None else 0
+        self.backbone = build_backbone(spec.backbone_variant, len(spec.inputs) + extra,
+                                       spec.hidden_size, spec.num_layers, spec.dropout,
+                                       spec.bidirectional)
         self.initial_state = (
             LearnedInitialState(spec.num_layers * self.backbone.num_directions, spec.hidden_size,
                                 self.backbone.carries_cell_state)
@@ -151,6 +191,25 @@ class Forecaster(nn.Module):
             self.register_buffer(f"{prefix}_center", center)
             self.register_buffer(f"{prefix}_scale", scale)
 
+    def _affine(self, prefix: str, series: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The x or y scaler's (center, scale), shaped to broadcast over (batch, steps, columns):
+        (columns,) for one series, (batch, 1, columns) picked by each window's series id."""
+        center, scale = getattr(self, f"{prefix}_center"), getattr(self, f"{prefix}_scale")
+        if center.dim() == 1:
+            return center, scale
+        if series is None:
+            raise ValueError("a universe model scales each window by its series: pass the series ids")
+        series = series.to(center.device).long()
+        return center[series][:, None, :], scale[series][:, None, :]
+
+    def series_ids(self, codes) -> torch.Tensor:
+        """Series codes -> ids; KeyError naming the first code the model was not trained on."""
+        index = {code: i for i, code in enumerate(self.spec.series)}
+        unknown = [c for c in codes if c not in index]
+        if unknown:
+            raise KeyError(unknown[0])
+        return torch.tensor([index[c] for c in codes], dtype=torch.long)
+
     def _last_targets(self, x: torch.Tensor) -> torch.Tensor:
         # Same column, same scaler kind, same training rows: its x and y scaling coincide.
         if len(self._target_columns) == len(self.spec.targets):
@@ -158,28 +217,42 @@ class Forecaster(nn.Module):
         return x.new_zeros(len(x), len(self.spec.targets))
 
     def forward(self, x: torch.Tensor, teacher: torch.Tensor | None = None,
-                teacher_forcing: float = 0.0) -> torch.Tensor:
+                teacher_forcing: float = 0.0, series: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled windows (batch, lookback, inputs) -> scaled predictions (regression) or logits
         (classification), (batch, steps, targets): steps = lookback (sequence) or horizon. A
         non-point head gives scaled distribution parameters (batch, steps, targets, channels).
 
         teacher (batch, horizon, targets), scaled, and teacher_forcing only apply to seq2seq.
+        series (batch,): a universe model's series ids (read by its SeriesEncoder, if any).
         """
         state = self.initial_state(len(x)) if self.initial_state is not None else None
-        outputs, final = self.backbone(x, state)  # outputs: (batch, lookback, output_size)
+        outputs, final = self.backbone(self._with_series(x, series), state)
         if self.spec.is_seq2seq:
             return self.head(final, self._last_targets(x), teacher, teacher_forcing)
         return self.head(outputs)
 
-    def to_output(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def _with_series(self, x: torch.Tensor, series: torch.Tensor | None) -> torch.Tensor:
+        # The series' features beside every step: the backbone learns per-series dynamics.
+        if self.series_encoder is None:
+            return x
+        if series is None:
+            raise ValueError("this universe model reads each window's series: pass the series ids")
+        features = self.series_encoder(series.to(x.device)).to(x.dtype)
+        return torch.cat([x, features[:, None, :].expand(-1, x.shape[1], -1)], dim=-1)
+
+    def to_output(self, y: torch.Tensor, x: torch.Tensor | None = None,
+                  series: torch.Tensor | None = None) -> torch.Tensor:
         """Network output -> what users read: raw-scale values (a distribution head's median),
         or probabilities for classes; (batch, steps, targets) for every head. `x`, the scaled
-        windows the output came from, is needed with a target transform (see _levels)."""
+        windows the output came from, is needed with a target transform (see _levels);
+        `series`, the windows' series ids, by a universe model."""
         if self.spec.task == "classification":
             return torch.sigmoid(y)
-        return self._levels(self.distribution.median(y) * self.y_scale + self.y_center, x)
+        center, scale = self._affine("y", series)
+        return self._levels(self.distribution.median(y) * scale + center, x, series)
 
-    def _levels(self, values: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+    def _levels(self, values: torch.Tensor, x: torch.Tensor | None,
+                series: torch.Tensor | None = None) -> torch.Tensor:
         # Raw-scale targets, or raw-scale changes turned into levels from each window's last
         # observed value of the target (an input column too: the config check makes it one).
         if self.spec.target_transform == "none":
@@ -187,7 +260,8 @@ class Forecaster(nn.Module):
         if x is None:
             raise ValueError(f"target_transform={self.spec.target_transform}: levels need the windows (x)")
         columns = self._target_columns
-        last = x[:, -1, columns] * self.x_scale[columns] + self.x_center[columns]
+        center, scale = self._affine("x", series)
+        last = (x[:, -1:, columns] * scale[..., columns] + center[..., columns])[:, 0]
         return to_levels(values, last, self.spec.target_transform)
 
     @property
@@ -196,42 +270,55 @@ class Forecaster(nn.Module):
         return () if self.distribution.is_point else self.distribution.levels
 
     def to_quantiles(self, y: torch.Tensor, levels: Sequence[float] | None = None,
-                     x: torch.Tensor | None = None) -> torch.Tensor:
+                     x: torch.Tensor | None = None,
+                     series: torch.Tensor | None = None) -> torch.Tensor:
         """forward()'s parameters -> raw-scale quantiles (batch, steps, targets, levels) at
-        `levels` (default: the spec's); `x` as for to_output. A point head raises ValueError."""
+        `levels` (default: the spec's); `x` and `series` as for to_output. A point head raises
+        ValueError."""
         wanted = self.levels if levels is None else levels
         scaled = self.distribution.quantiles(y, wanted)
+        center, scale = self._affine("y", series)
         # The scalers are affine with a positive scale, and one step's level is monotone in its
         # change, so quantiles map through both.
-        return self._levels(scaled * self.y_scale[:, None] + self.y_center[:, None], x)
+        return self._levels(scaled * scale[..., None] + center[..., None], x, series)
 
-    def to_parameters(self, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def to_parameters(self, y: torch.Tensor,
+                      series: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """forward()'s parameters -> raw-scale (batch, steps, targets) tensors: gaussian mu and
         sigma, student_t also df (unitless). Other heads raise ValueError."""
         if self.spec.head not in ("gaussian", "student_t"):
             raise ValueError(f"the {self.spec.head} head has no mu/sigma: use to_quantiles")
-        out = {"mu": y[..., 0] * self.y_scale + self.y_center, "sigma": y[..., 1] * self.y_scale}
+        center, scale = self._affine("y", series)
+        out = {"mu": y[..., 0] * scale + center, "sigma": y[..., 1] * scale}
         if self.spec.head == "student_t":
             out["df"] = y[..., 2]
         return out
 
-    def unscale_y(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    def unscale_y(self, y: torch.Tensor, x: torch.Tensor | None = None,
+                  series: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled targets -> raw targets (levels, with `x` as for to_output, under a target
-        transform). Class labels are never scaled: unscale_y leaves them be."""
+        transform; `series` for a universe model). Class labels are never scaled."""
         if self.spec.task == "classification":
             return y
-        return self._levels(y * self.y_scale + self.y_center, x)
+        center, scale = self._affine("y", series)
+        return self._levels(y * scale + center, x, series)
+
+    def scale_x(self, x_raw: torch.Tensor, series: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw windows (batch, lookback, inputs) -> what forward() reads."""
+        center, scale = self._affine("x", series)
+        return (x_raw - center) / scale
 
     @torch.no_grad()
-    def predict_raw(self, x_raw: torch.Tensor) -> torch.Tensor:
-        """(batch, lookback, inputs) raw values -> (batch, steps, targets) raw-scale predictions."""
-        x = (x_raw - self.x_center) / self.x_scale
-        return self.to_output(self(x), x)
+    def predict_raw(self, x_raw: torch.Tensor, series: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, lookback, inputs) raw values -> (batch, steps, targets) raw-scale predictions
+        (`series`: a universe model's series id of each window)."""
+        x = self.scale_x(x_raw, series)
+        return self.to_output(self(x, series=series), x, series)
 
     @torch.no_grad()
-    def predict_quantiles(self, x_raw: torch.Tensor,
-                          levels: Sequence[float] | None = None) -> torch.Tensor:
+    def predict_quantiles(self, x_raw: torch.Tensor, levels: Sequence[float] | None = None,
+                          series: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, lookback, inputs) raw values -> (batch, steps, targets, levels) raw-scale
         quantiles at `levels` (default: the spec's)."""
-        x = (x_raw - self.x_center) / self.x_scale
-        return self.to_quantiles(self(x), levels, x)
+        x = self.scale_x(x_raw, series)
+        return self.to_quantiles(self(x, series=series), levels, x, series)

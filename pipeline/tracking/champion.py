@@ -45,10 +45,13 @@ class PromotionDecision:
                 if k not in ("model_name", "version")}
 
 
-def save_test_windows(path: Path, x_raw: np.ndarray, y_raw: np.ndarray, scored_from: int) -> Path:
+def save_test_windows(path: Path, x_raw: np.ndarray, y_raw: np.ndarray, scored_from: int,
+                      series: np.ndarray | None = None) -> Path:
+    """Raw test windows (and, for a universe, each window's series code) for re-scoring."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if series is None else {"series": np.asarray(series, dtype=str)}
     np.savez_compressed(path, x=x_raw.astype(np.float32), y=y_raw.astype(np.float64),
-                        scored_from=np.int64(scored_from))
+                        scored_from=np.int64(scored_from), **extra)
     return path
 
 
@@ -69,7 +72,11 @@ def score_on_windows(net: Forecaster, windows: dict[str, np.ndarray], metric: st
     spec = net.spec
     if x.shape[-1] != len(spec.inputs) or y.shape[-1] != len(spec.targets) or x.shape[1] < spec.lookback:
         return None
-    pred = net.predict_raw(torch.as_tensor(x[:, -spec.lookback:], dtype=torch.float32)).numpy()
+    series = _series_ids(net, windows.get("series"))
+    if series is False:
+        return None
+    pred = net.predict_raw(torch.as_tensor(x[:, -spec.lookback:], dtype=torch.float32),
+                           series).numpy()
     if pred.shape != y.shape:
         return None
     if metric in PROBABILISTIC_METRICS:
@@ -78,6 +85,19 @@ def score_on_windows(net: Forecaster, windows: dict[str, np.ndarray], metric: st
     else:
         value = score(y[:, start:], pred[:, start:], task).get(metric)
     return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _series_ids(net: Forecaster, codes: np.ndarray | None) -> torch.Tensor | None | bool:
+    """The windows' series ids for a universe model; None for a one-series model on one-series
+    windows; False when the two do not match (a universe's windows, a series the model lacks)."""
+    if (codes is None) != (not net.spec.is_universe):
+        return False
+    if codes is None:
+        return None
+    try:
+        return net.series_ids([str(c) for c in codes])
+    except KeyError:
+        return False
 
 
 def is_better(candidate: float, champion: float, direction: str) -> bool:

@@ -102,3 +102,49 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# --- a universe (many series) ---------------------------------------------------------------------
+
+
+def plot_mase_by_series(table: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Histogram of per-series MASE (model MAE / persistence MAE): left of 1 beats persistence."""
+    import numpy as np
+
+    mase = table["mase"].replace([np.inf, -np.inf], np.nan).dropna().to_numpy()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.hist(mase, bins=min(50, max(10, len(mase) // 10)), color="tab:blue", alpha=0.8)
+    ax.axvline(1.0, color="black", linewidth=1.0, label="persistence (MASE = 1)")
+    if len(mase):
+        median = float(np.median(mase))
+        ax.axvline(median, color="tab:red", linestyle="--", linewidth=1.2,
+                   label=f"median {median:.3f}")
+        ax.set_xlabel(f"MASE per series ({(mase < 1).mean():.0%} of {len(mase)} beat persistence)")
+    ax.set_ylabel("series")
+    ax.set_title(title or "MASE by series")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def plot_series_forecasts(history: pd.DataFrame, predictions: pd.DataFrame,
+                          captions: Mapping[str, str], path: Path, title: str = "") -> Path:
+    """One panel per series of `captions` (code -> caption): its truth (history: date, series,
+    the target) and its one-step test forecasts (predictions: date, series, y_pred)."""
+    codes = list(captions)
+    target = str(predictions["target"].iloc[0]) if len(predictions) else ""
+    fig, axes = plt.subplots(len(codes), 1, figsize=(10, 2.6 * len(codes)), squeeze=False)
+    for ax, code in zip(axes[:, 0], codes, strict=True):
+        truth = history[history["series"] == code]
+        part = predictions[predictions["series"] == code]
+        ax.plot(truth["date"], truth[target], color="black", linewidth=1.0, label="truth")
+        if len(part):
+            ax.axvspan(part["date"].min(), part["date"].max(), color=_SPLIT_COLORS["test"], alpha=0.07)
+            ax.plot(part["date"], part["y_pred"], color=_SPLIT_COLORS["test"], linewidth=1.2,
+                    linestyle="--", label="test forecast")
+        ax.set_ylabel(target)
+        ax.set_title(f"{code}: {captions[code]}", fontsize="small", loc="left")
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="upper left", fontsize="small")
+    axes[0, 0].set_title(title or "forecast vs truth", loc="right")
+    return _save(fig, path)

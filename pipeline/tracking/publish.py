@@ -14,6 +14,7 @@ import pandas as pd
 import yaml
 
 from pipeline.data.datamodule import PreparedData
+from pipeline.data.universe import SERIES, UniverseData
 from pipeline.evaluate import (
     metrics_with_baselines,
     one_prediction_per_row,
@@ -26,7 +27,7 @@ from pipeline.models.network import Forecaster
 from pipeline.secrets import redact
 from pipeline.tracking.champion import save_test_windows
 from pipeline.tracking.plots import plot_calibration, plot_forecast, plot_loss_curve
-from pipeline.tracking.pyfunc import LoggedModel, log_forecaster
+from pipeline.tracking.pyfunc import SERIES_COLUMN, LoggedModel, log_forecaster
 from pipeline.tracking.run import RunHandle
 
 LOSS_METRICS = ("train/loss", "val/loss")
@@ -55,9 +56,20 @@ def loss_history(handle: RunHandle) -> dict[str, list[tuple[int, float]]]:
     return history
 
 
-def input_example(prepared: PreparedData) -> pd.DataFrame:
-    """The last lookback rows of raw inputs: exactly what a user passes to predict()."""
-    return prepared.frame[prepared.inputs].iloc[-prepared.spec.lookback:].reset_index(drop=True)
+# A universe model's logged input example holds two series: it shows the request it takes.
+EXAMPLE_SERIES = 2
+
+
+def input_example(prepared: PreparedData | UniverseData) -> pd.DataFrame:
+    """The last lookback rows of raw inputs: exactly what a user passes to predict(); for a
+    universe, those of its first two series one after the other, with their series column."""
+    lookback = prepared.spec.lookback
+    if isinstance(prepared, UniverseData):
+        frame = prepared.frame
+        parts = [frame.loc[frame[SERIES] == code, [SERIES, *prepared.inputs]].iloc[-lookback:]
+                 for code in prepared.series[:EXAMPLE_SERIES]]
+        return pd.concat(parts, ignore_index=True).rename(columns={SERIES: SERIES_COLUMN})
+    return prepared.frame[prepared.inputs].iloc[-lookback:].reset_index(drop=True)
 
 
 def log_baseline_metrics(handle: RunHandle, preds: pd.DataFrame, prepared: PreparedData,
@@ -128,7 +140,13 @@ def publish_results(handle: RunHandle, net: Forecaster, prepared: PreparedData,
 def publish_model(handle: RunHandle, net: Forecaster, prepared: PreparedData,
                   registered_model: str | None) -> LoggedModel:
     """The pyfunc model in the run and, if named, a new version of `registered_model`, tagged."""
-    logged = log_forecaster(handle, net, input_example(prepared), registered_model)
+    return publish_model_with_example(handle, net, input_example(prepared), registered_model)
+
+
+def publish_model_with_example(handle: RunHandle, net: Forecaster, example: pd.DataFrame,
+                               registered_model: str | None) -> LoggedModel:
+    """publish_model with the request `example` the model's signature is inferred from."""
+    logged = log_forecaster(handle, net, example, registered_model)
     if logged.version:
         tag_version(handle, logged, net)
     return logged

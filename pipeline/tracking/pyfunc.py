@@ -96,21 +96,67 @@ def recent_window(net: Forecaster, recent: pd.DataFrame) -> torch.Tensor:
     return torch.from_numpy(values)  # np.stack made a fresh, writable array
 
 
+SERIES_COLUMN = "series"
+# How many of a universe model's codes an unknown-series refusal lists.
+NAMED_CODES = 5
+
+
 @torch.no_grad()
 def forecast_frame(net: Forecaster, recent: pd.DataFrame) -> pd.DataFrame:
     """The last `lookback` rows of the input columns -> a frame of raw-scale predictions: one
     column per target (the point forecast: the median for a probabilistic head) and, for a
-    probabilistic head, `<target>_q<level>` per quantile level, in increasing order."""
+    probabilistic head, `<target>_q<level>` per quantile level, in increasing order.
+
+    A universe model (trained on many series) reads a `series` column too: the request holds
+    each series' recent rows (oldest first), and the answer one block of steps per series, in
+    the order they first appear, with the series column first."""
+    if net.spec.is_universe:
+        return universe_forecast_frame(net, recent)
+    x = net.scale_x(recent_window(net, recent)[None])
+    return _forecast_rows(net, x, None)
+
+
+def _forecast_rows(net: Forecaster, x: torch.Tensor, series: torch.Tensor | None) -> pd.DataFrame:
+    """Scaled windows (n, lookback, inputs) -> n blocks of steps, one row per step."""
     spec = net.spec
-    x = (recent_window(net, recent)[None] - net.x_center) / net.x_scale
-    params = net(x)  # one pass for the point and the quantiles
-    out = pd.DataFrame(net.to_output(params, x)[0].numpy().astype(np.float64), columns=spec.targets)
+    params = net(x, series=series)  # one pass for the point and the quantiles
+    point = net.to_output(params, x, series).numpy().astype(np.float64)  # (n, steps, targets)
+    n, steps = point.shape[:2]
+    out = pd.DataFrame(point.reshape(n * steps, -1), columns=spec.targets)
     if net.levels:
-        quantiles = net.to_quantiles(params, x=x)[0].numpy().astype(np.float64)  # (steps, targets, levels)
+        quantiles = net.to_quantiles(params, x=x, series=series).numpy().astype(np.float64)
         for t, target in enumerate(spec.targets):
             for q, level in enumerate(net.levels):
-                out[f"{target}_{level_label(level)}"] = quantiles[:, t, q]
-    out.insert(0, "step", np.arange(1, len(out) + 1) if spec.mode == "forecast" else np.arange(len(out)))
+                out[f"{target}_{level_label(level)}"] = quantiles[:, :, t, q].reshape(-1)
+    first = 1 if spec.mode == "forecast" else 0
+    out.insert(0, "step", np.tile(np.arange(first, first + steps), n))
+    return out
+
+
+def universe_forecast_frame(net: Forecaster, recent: pd.DataFrame) -> pd.DataFrame:
+    """Each series' last `lookback` rows -> its forecast, one series after another."""
+    if SERIES_COLUMN not in recent.columns:
+        raise bad_request(f"input has no {SERIES_COLUMN!r} column; this model forecasts "
+                          f"{len(net.spec.series)} series and needs each row's series code")
+    codes = recent[SERIES_COLUMN].astype(str).str.strip()
+    order = list(dict.fromkeys(codes))
+    try:
+        ids = net.series_ids(order)
+    except KeyError as exc:
+        known = ", ".join(net.spec.series[:NAMED_CODES])
+        raise bad_request(f"series {exc.args[0]!r} is not one this model was trained on "
+                          f"({len(net.spec.series)} series: {known}, ...)") from None
+    windows = []
+    for code in order:
+        rows = recent[(codes == code).to_numpy()]
+        try:
+            windows.append(recent_window(net, rows))
+        except RequestError as exc:
+            raise bad_request(f"series {code!r}: {exc.message}") from None
+    x = net.scale_x(torch.stack(windows), ids)
+    out = _forecast_rows(net, x, ids)
+    steps = len(out) // len(order)
+    out.insert(0, SERIES_COLUMN, np.repeat(order, steps))
     return out
 
 
@@ -134,7 +180,8 @@ def input_schema(spec: NetworkSpec) -> Schema:
     model's predict runs, and its refusals of a missing column or a wrong type are multi-line
     dumps of the request; declared this way MLflow passes the request through and the model's
     own checks (recent_window) refuse it in one line naming the column."""
-    return Schema([ColSpec(AnyType(), name, required=False) for name in spec.inputs])
+    columns = [*([SERIES_COLUMN] if spec.is_universe else []), *spec.inputs]
+    return Schema([ColSpec(AnyType(), name, required=False) for name in columns])
 
 
 def model_signature(net: Forecaster, input_example: pd.DataFrame) -> ModelSignature:
