@@ -13,6 +13,10 @@ The output has one row per predicted step: its target date (the next business da
 closes, else the data's own frequency; the window's own rows for per-step sequence models; row
 numbers for data without dates), the step, the raw-scale values, the last observed date it was
 made from, and the registered model name and version that made it.
+
+A universe model (data.layout=universe) forecasts every series it was trained on: the input is a
+long file (date, series, values; pipeline.data.universe.read_long_frame), or the configured
+universe itself, and the output has a block of steps per series with its own dates.
 """
 
 from __future__ import annotations
@@ -148,6 +152,75 @@ def write_atomically(table: pd.DataFrame, path: Path) -> None:
         raise
 
 
+# Rows kept per series for a universe forecast: the window, and enough dates to tell the step.
+DATES_FOR_FREQUENCY = 25
+
+
+def recent_universe(cfg: TrainConfig, path: str | None, spec) -> tuple[pd.DataFrame, str]:
+    """Each series' last rows, long (date, series, inputs): from the file at `path`, or the
+    configured universe (its series the model lacks, e.g. dropped as too short, left out)."""
+    import logging
+
+    from pipeline.data.universe import SERIES, read_long_frame
+    from pipeline.data.universe_loading import read_universe
+
+    if path is not None:
+        frame, where = read_long_frame(path, cfg.data.date_format), f"predict.input {path}"
+    else:
+        frame, where = read_universe(cfg.data).frame, f"data={cfg.data.name}"
+        known = frame[SERIES].isin(spec.series)
+        if not known.all():
+            logging.getLogger(__name__).warning(
+                "%s: %d series the model was not trained on are not forecast",
+                where, frame.loc[~known, SERIES].nunique())
+        frame = frame[known]
+    missing = [c for c in spec.inputs if c not in frame.columns]
+    if missing:
+        raise DataError(f"{where}: no column(s) {missing}, which the model reads")
+    keep = max(spec.lookback, DATES_FOR_FREQUENCY)
+    return frame.groupby(SERIES, sort=False).tail(keep).reset_index(drop=True), where
+
+
+def universe_forecast_table(pred: pd.DataFrame, frame: pd.DataFrame, name: str,
+                            version: str) -> pd.DataFrame:
+    """The pyfunc's blocks of steps per series, each dated after that series' last date."""
+    from pipeline.data.universe import DATE, SERIES
+
+    parts = []
+    for code, block in pred.groupby(SERIES, sort=False):
+        dates = pd.DatetimeIndex(frame.loc[frame[SERIES] == code, DATE], name=DATE)
+        part = block.copy()
+        part.insert(0, DATE, np.asarray(future_dates(dates, len(block))))
+        part["origin"] = dates[-1]
+        parts.append(part)
+    table = pd.concat(parts, ignore_index=True)
+    table["model"] = name
+    table["version"] = version
+    return table
+
+
+def series_table(cfg: TrainConfig, predict: PredictConfig, model, spec, ref) -> pd.DataFrame:
+    """One series' forecast: from predict.input's rows, or the configured series'."""
+    if predict.input is not None:
+        frame, where = read_recent(cfg, predict.input, spec.inputs), f"predict.input {predict.input}"
+    else:
+        frame, where = configured_series(cfg), f"data={cfg.data.name}"
+    missing = [c for c in spec.inputs if c not in frame.columns]
+    if missing:
+        raise DataError(f"{where}: no column(s) {missing}, which {ref.describe()} reads")
+    pred = score(model, frame[spec.inputs], where)
+    return forecast_table(pred, frame, spec.mode, spec.lookback, ref.name, ref.version)
+
+
+def universe_table(cfg: TrainConfig, predict: PredictConfig, model, spec, ref) -> pd.DataFrame:
+    """Every series' forecast: from predict.input's long file, or the configured universe."""
+    from pipeline.data.universe import SERIES
+
+    frame, where = recent_universe(cfg, predict.input, spec)
+    pred = score(model, frame[[SERIES, *spec.inputs]], where)
+    return universe_forecast_table(pred, frame, ref.name, ref.version)
+
+
 def write_forecast(cfg: TrainConfig, predict: PredictConfig) -> ForecastFile:
     """Resolve the model, read the recent rows, score them, write the forecast file."""
     from pipeline.serving import model_uri, resolve_model
@@ -157,15 +230,8 @@ def write_forecast(cfg: TrainConfig, predict: PredictConfig) -> ForecastFile:
     ref = resolve_model(store, model_uri(predict.model, cfg.tracking))
     model = load_registered_model(store, ref.name, ref.version)
     spec = model.unwrap_python_model().net.spec
-    if predict.input is not None:
-        frame, where = read_recent(cfg, predict.input, spec.inputs), f"predict.input {predict.input}"
-    else:
-        frame, where = configured_series(cfg), f"data={cfg.data.name}"
-    missing = [c for c in spec.inputs if c not in frame.columns]
-    if missing:
-        raise DataError(f"{where}: no column(s) {missing}, which {ref.describe()} reads")
-    pred = score(model, frame[spec.inputs], where)
-    table = forecast_table(pred, frame, spec.mode, spec.lookback, ref.name, ref.version)
+    table = (universe_table(cfg, predict, model, spec, ref) if spec.is_universe
+             else series_table(cfg, predict, model, spec, ref))
     out = Path(predict.output).expanduser()
     write_atomically(table, out)
     first, last = table.iloc[0, 0], table.iloc[-1, 0]

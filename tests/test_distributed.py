@@ -55,3 +55,28 @@ def test_two_process_ddp_logs_once_with_full_set_metrics(tmp_path) -> None:
     full_mse = float(np.mean((scored["y_true"] - scored["y_pred"]) ** 2))
     assert run.data.metrics["test/mse"] == pytest.approx(full_mse, rel=1e-4)
     assert preds["window"].nunique() % 2 == 1  # odd: a padded sampler would have double-counted one
+
+
+def test_two_process_ddp_over_a_universe_shards_windows_and_counts_each_once(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = run_cli(["data=universe_synthetic", "data.params.n_series=9", "data.params.days=220",
+                    "data.lookback=10", "data.min_windows=5", "data.batch_size=64",
+                    "model.hidden_size=8", "trainer=ddp", "trainer.devices=2",
+                    "trainer.max_epochs=1", "trainer.progress_bar=false",
+                    "trainer.model_summary=false", f"tracking.uri={uri}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("run:     lstm-universe_synthetic-") == 1
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"
+    run = runs[0]
+    digests = run.data.tags["ddp_weights_digests"].split(",")
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert len(client.search_model_versions("name='universe_synthetic-forecaster'")) == 1
+    # Each rank scored its shard of the test windows; the synced MSE is the one over every
+    # window of every series, as rank zero's predictions of the whole split give it.
+    local = client.download_artifacts(run.info.run_id, "predictions/test_predictions.csv", str(tmp_path))
+    preds = pd.read_csv(local)
+    full_mse = float(np.mean((preds["y_true"] - preds["y_pred"]) ** 2))
+    assert run.data.metrics["test/mse"] == pytest.approx(full_mse, rel=1e-4)
+    assert preds["series"].nunique() == int(run.data.metrics["test/series"])

@@ -210,6 +210,20 @@ def test_a_universe_trains_logs_per_series_metrics_and_serves_two_series(store: 
     assert score_on_windows(net, {**windows, "series": np.array(["S9999"] * len(windows["x"]))},
                             "mse") is None
 
+    # make predict: every series the model knows, each dated after its own last close.
+    from pipeline import predict
+
+    predict.main([*SMALL, "data.target_transform=log_return", "output=forecast.csv"])
+    table = pd.read_csv("forecast.csv", dtype={"series": str}, parse_dates=["date", "origin"])
+    assert sorted(table["series"]) == sorted(net.spec.series)
+    last = frame.groupby("series")["date"].max()
+    for row in table.itertuples():
+        assert row.origin == last[row.series] and row.date == row.origin + pd.offsets.BDay()
+    closes = frame.loc[frame["series"] == a, "close"].to_numpy()[-10:]
+    expected = net.predict_raw(torch.tensor(closes, dtype=torch.float32)[None, :, None],
+                               net.series_ids([a]))
+    assert table.loc[table["series"] == a, "close"].item() == pytest.approx(float(expected), rel=1e-5)
+
 
 def test_a_long_csv_of_tickers_trains_offline(store: str, tmp_path) -> None:
     # A long file as a user exports it: ts_codes, newest day first, the codes' own price levels.
