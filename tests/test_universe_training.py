@@ -243,3 +243,18 @@ def test_a_long_csv_of_tickers_trains_offline(store: str, tmp_path) -> None:
     net = load_registered_model(open_store(store), result.model_name,
                                 result.model_version).unwrap_python_model().net
     assert set(net.spec.series) <= {"600000.SH", "600519.SH", "000001.SZ", "000858.SZ"}
+
+
+def test_the_dataset_schema_from_the_first_rows_is_the_one_of_every_row() -> None:
+    from types import SimpleNamespace
+
+    from mlflow.types.utils import _infer_schema
+
+    from pipeline.tracking.datasets import SCHEMA_ROWS, dataset_for_mlflow
+
+    frame = synthetic_universe(n_series=30, days=100, seed=1)
+    assert len(frame) > SCHEMA_ROWS
+    dataset = dataset_for_mlflow(SimpleNamespace(frame=frame, digest="d", source="universe",
+                                                 cache_path=None))
+    assert dataset.schema == _infer_schema(frame.reset_index())
+    assert dataset.profile["num_rows"] == len(frame)  # the profile still counts every row
