@@ -2,6 +2,11 @@
 
     fetch -> validate -> train (one mapped task per variant) -> evaluate -> promote -> forecast
 
+and for a universe of stock codes (PIPELINE_RETRAIN_DATA=universe_stock, or
+PIPELINE_RETRAIN_FETCH_CHUNK set), the fetch is mapped over chunks of codes first:
+
+    codes -> fetch_chunk (one mapped task per chunk) -> fetch (the snapshot, offline) -> ...
+
 Each task runs one stage of pipeline.retraining.stages, the functions `make retrain` chains, and
 hands the next one small values only: digests, run ids, versions. The scheduler parses this file
 often, so it imports nothing from the pipeline (torch, lightning, mlflow, pandas) at module level;
@@ -14,6 +19,15 @@ Settings, read from the environment where the DAG is parsed:
     PIPELINE_RETRAIN_DATA       data config             default stock
     PIPELINE_RETRAIN_VARIANTS   comma-separated         default lstm,gru,peephole
     PIPELINE_RETRAIN_OVERRIDES  extra Hydra overrides, shell-quoted (e.g. "trainer.max_epochs=50")
+    PIPELINE_RETRAIN_FETCH_CHUNK  codes per mapped fetch task of a universe_stock run; default 50
+
+The chunked graph is chosen where the DAG is parsed (a DAG's shape cannot change per run): a run
+of other data on it has no chunks (fetch_chunk is skipped) and its fetch task fetches as usual,
+and a universe_stock run on the plain graph fetches every code in its one fetch task. Each chunk
+fills the per-code caches and returns counts and {code: reason} only; a code that fails is
+reported, never fatal to its chunk (a chunk whose every code is unreachable raises, for its
+retries); the fetch task names every failed code in one line, reads the whole universe from the
+caches, and fails only when no code of any chunk was fetched.
 
 and, as for `make train`, MLFLOW_TRACKING_URI and TUSHARE_TOKEN where the tasks run, and
 PIPELINE_DATA_CACHE: the folder the fetch task fills and every later task reads (offline, so all
@@ -46,6 +60,9 @@ VARIANTS = [v.strip() for v in os.environ.get("PIPELINE_RETRAIN_VARIANTS", "lstm
             if v.strip()]
 # The deployment's own overrides (trusted: set by whoever runs the workers), before the trigger's.
 OVERRIDES = shlex.split(os.environ.get("PIPELINE_RETRAIN_OVERRIDES", ""))
+# Checked by the codes task (a bad value fails that task with one line, not the DAG's parse).
+FETCH_CHUNK = os.environ.get("PIPELINE_RETRAIN_FETCH_CHUNK", "50")
+CHUNKED = DATA == "universe_stock" or "PIPELINE_RETRAIN_FETCH_CHUNK" in os.environ
 
 
 @contextmanager
@@ -95,6 +112,38 @@ def lstm_retrain():
             stages.check_store(overrides)
             return stages.fetch_snapshot(overrides).as_dict()
 
+    # The codes of a universe_stock run (its index's member list fetched and cached here), in
+    # chunks; [] for other data, so fetch_chunk maps over nothing and is skipped.
+    @task(retries=4, retry_delay=timedelta(minutes=5), retry_exponential_backoff=True,
+          execution_timeout=timedelta(minutes=10))
+    def codes() -> list[list[str]]:
+        from pipeline.retraining import stages
+
+        with stage() as overrides:
+            stages.check_store(overrides)
+            return stages.fetch_plan(overrides, FETCH_CHUNK)
+
+    # A chunk of codes a time, a polite sequential loop within it (universe_stock explains why).
+    @task(retries=4, retry_delay=timedelta(minutes=5), retry_exponential_backoff=True,
+          execution_timeout=timedelta(minutes=30), multiple_outputs=False)
+    def fetch_chunk(chunk: list[str]) -> dict:
+        from pipeline.retraining import stages
+
+        with stage() as overrides:
+            return stages.fetch_chunk(overrides, chunk).as_dict()
+
+    # Reads the caches the chunks filled, so there is nothing flaky to retry; runs when
+    # fetch_chunk was skipped (no chunks: other data, fetched here as by the plain graph).
+    @task(task_id="fetch", retries=0, trigger_rule="none_failed",
+          execution_timeout=timedelta(minutes=10), multiple_outputs=False)
+    def snapshot(plan: list[list[str]], chunks: list[dict] | None = None) -> dict:
+        from pipeline.retraining import stages
+        from pipeline.retraining.records import ChunkReport
+
+        reports = [ChunkReport.from_dict(c) for c in (chunks or [])] if plan else None
+        with stage() as overrides:
+            return stages.fetch_snapshot(overrides, reports).as_dict()
+
     @task(execution_timeout=timedelta(minutes=10))
     def validate(fetched: dict) -> list[str]:
         from pipeline.retraining import stages
@@ -139,14 +188,18 @@ def lstm_retrain():
     # fetched snapshot: forecast.csv beside the summary (pipeline.predict, as `make predict`).
     @task(execution_timeout=timedelta(minutes=10), multiple_outputs=False)
     def forecast(outcome: dict) -> dict:
-        from pipeline.predict import forecast_after_retrain
+        from pipeline.retraining import stages
 
         with stage() as overrides:
-            written = forecast_after_retrain(overrides)
+            written = stages.forecast_champion(overrides)
         print(f"forecast: {written.get('path') or written.get('skipped')}", flush=True)
         return written
 
-    fetched = fetch()
+    if CHUNKED:
+        plan = codes()
+        fetched = snapshot(plan, fetch_chunk.expand(chunk=plan))
+    else:
+        fetched = fetch()
     variants = validate(fetched)
     candidates = train.expand(variant=variants)
     forecast(promote(fetched, evaluate(candidates)))

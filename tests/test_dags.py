@@ -173,3 +173,81 @@ def test_airflow_dags_test_retrains_registers_and_promotes(tmp_path) -> None:
     forecast = pd.read_csv(tmp_path / "out" / "forecast.csv")
     assert len(forecast) == 20 and forecast["cos"].notna().all()  # TINY: data.lookback=20
     assert set(forecast["model"]) == {"sine-forecaster"} and set(forecast["version"].astype(str)) == {champion}
+
+
+# --- a universe of stock codes: the fetch mapped over chunks of codes -------------------------------
+
+
+def test_a_universe_stock_deployment_maps_its_fetch_over_chunks_of_codes(tmp_path) -> None:
+    parsed = parse_dags(tmp_path, PIPELINE_RETRAIN_DATA="universe_stock")
+    assert parsed["errors"] == {} and parsed["heavy"] == []
+    assert parsed["downstream"] == {"codes": ["fetch", "fetch_chunk"], "fetch_chunk": ["fetch"],
+                                    "fetch": ["promote", "validate"], "validate": ["train"],
+                                    "train": ["evaluate"], "evaluate": ["promote"],
+                                    "promote": ["forecast"], "forecast": []}
+    assert parsed["mapped"] == ["fetch_chunk", "train"]
+    assert parsed["params"]["data"] == "universe_stock"
+
+
+def _universe_env(tmp_path: Path, data: list[str], **extra: str) -> dict[str, str]:
+    deployment = [*data, "model.hidden_size=8", "trainer.max_epochs=1", "trainer.progress_bar=false",
+                  "trainer.model_summary=false", "retrain.max_mase=null",
+                  f"tracking.artifact_root={tmp_path / 'mlartifacts'}",
+                  f"retrain.output_dir={tmp_path / 'out'}"]
+    return airflow_env(tmp_path, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                       PIPELINE_RETRAIN_OVERRIDES=" ".join(shlex.quote(o) for o in deployment),
+                       **extra)
+
+
+def _run_dag(tmp_path: Path, env: dict[str, str], conf: dict) -> dict:
+    _airflow(["db", "migrate"], env, tmp_path)
+    _airflow(["dags", "test", DAG_ID, "--conf", json.dumps(conf)], env, tmp_path)
+    listed = _airflow(["dags", "list-runs", DAG_ID, "--output", "json"], env, tmp_path)
+    assert [r["state"] for r in json.loads(listed.stdout.strip().splitlines()[-1])] == ["success"]
+    return json.loads((tmp_path / "out" / "retrain_summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_a_chunked_dag_retrains_a_stock_universe_from_the_chunks_caches(tmp_path, monkeypatch) -> None:
+    # The caches a networked fetch would fill, filled here through the fake pro API; the run is
+    # offline (a deployment override), so its chunks read them per code and no task calls out.
+    from pipeline.config import source_params
+    from pipeline.data.sources import tushare_prices
+    from pipeline.data.sources.universe_stock import load_stock_universe
+    from tests.test_universe_retrain import CODES, DAYS, ProApi, test_universe_stock
+
+    fake = ProApi()
+    reply = test_universe_stock.daily_reply
+    monkeypatch.setattr(test_universe_stock, "daily_reply", lambda code, days=DAYS: reply(code, days))
+    monkeypatch.setenv("TUSHARE_TOKEN", "fake-token")
+    monkeypatch.setattr(tushare_prices, "connect", lambda token, timeout: fake)
+    cache_dir = tmp_path / "cache"
+    params = source_params("universe_stock", {"api": "pro", "start": "2024-01-01", "codes": CODES[:4]})
+    load_stock_universe(params, cache_dir, progress=False)
+
+    data = ["data.params.api=pro", "data.params.start=2024-01-01", "data.lookback=3",
+            "data.min_windows=1", "data.offline=true", "data.params.attempts=1"]
+    env = _universe_env(tmp_path, data, PIPELINE_RETRAIN_DATA="universe_stock",
+                        PIPELINE_RETRAIN_FETCH_CHUNK="2", PIPELINE_DATA_CACHE=str(cache_dir))
+    summary = _run_dag(tmp_path, env, {"data": "universe_stock", "variants": ["lstm", "gru"],
+                                       "overrides": []})
+    assert summary["data"] == "universe_stock" and summary["decision"]["promoted"] is True
+    assert sorted(c["variant"] for c in summary["candidates"]) == ["gru", "lstm"]
+    # The fifth code (000858.SZ) has no cache: reported, and the four others trained.
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.get_run(summary["candidates"][0]["run_id"])
+    assert run.data.tags["data_digest"] == summary["data_digest"]
+    # The champion's forecast of each of the four series it was trained on.
+    import pandas as pd
+
+    forecast = pd.read_csv(tmp_path / "out" / "forecast.csv", dtype={"series": str})
+    assert sorted(forecast["series"]) == sorted(CODES[:4])
+
+
+@pytest.mark.slow
+def test_a_chunked_dag_runs_other_data_with_no_chunks(tmp_path) -> None:
+    data = ["data.params.n_series=8", "data.params.days=200", "data.lookback=10", "data.min_windows=5"]
+    env = _universe_env(tmp_path, data, PIPELINE_RETRAIN_FETCH_CHUNK="2")
+    summary = _run_dag(tmp_path, env, {"data": "universe_synthetic", "variants": ["lstm"],
+                                       "overrides": []})
+    assert summary["data"] == "universe_synthetic" and summary["champion"] == "1"

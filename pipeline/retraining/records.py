@@ -22,8 +22,20 @@ class FetchReport(Record):
     digest: str
     rows: int
     from_cache: bool
-    cache_path: str | None
+    cache_path: str | None  # the Parquet file; for universe_stock, the folder of per-code files
     notice: str | None
+    series: int | None = None  # data.layout=universe: the series in the fetched long frame
+    failed: dict[str, str] = field(default_factory=dict)  # universe codes not fetched, with why
+
+
+@dataclass(frozen=True)
+class ChunkReport(Record):
+    """One mapped fetch task's outcome for its chunk of universe codes (the bars stay in the
+    cache; only counts and reasons travel through XCom)."""
+
+    codes: list[str]
+    fetched: int
+    failed: dict[str, str] = field(default_factory=dict)  # code -> its one-line reason
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,23 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.cli import load_config
-from pipeline.config import TrainConfig, tracking_store
+from pipeline.config import DataConfig, TrainConfig, tracking_store
 from pipeline.data.datamodule import prepare_data
+from pipeline.data.digest import frame_digest
 from pipeline.data.loading import load_data
+from pipeline.data.sources import SourceUnavailable
 from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.retraining.records import (
     Candidate,
     CandidatesReport,
+    ChunkReport,
     FetchReport,
     RetrainSummary,
 )
@@ -39,6 +43,9 @@ from pipeline.training import build_module, train
 
 CONFIG_NAME = "retrain"
 SUMMARY_FILE = "retrain_summary.json"
+# The universe source whose codes the DAG fetches in chunks, one mapped task each.
+CHUNKED_SOURCE = "universe_stock"
+SERIES_COLUMN = "series"  # the long frame's series column (pipeline.data.universe.SERIES)
 
 log = logging.getLogger(__name__)
 
@@ -82,15 +89,156 @@ def check_store(overrides: Sequence[str] = ()) -> str:
     return store.public_uri
 
 
-def fetch_snapshot(overrides: Sequence[str] = ()) -> FetchReport:
-    """Fetch the data once (a cached source fills its cache; validation happens inside)."""
-    fetched = load_data(retrain_config(overrides).data)
+def fetch_snapshot(overrides: Sequence[str] = (),
+                   chunks: Sequence[ChunkReport] | None = None) -> FetchReport:
+    """Fetch the data once (a cached source fills its cache; validation happens inside).
+
+    `chunks`: the DAG's mapped fetches of a universe_stock run already filled the per-code
+    caches, so the snapshot is read from them alone, and their reasons name the failed codes.
+    """
+    data = retrain_config(overrides).data
+    if data.layout != "universe":
+        return series_snapshot(data)
+    if chunks is not None and data.source == CHUNKED_SOURCE:
+        return chunked_snapshot(data, chunks)
+    return universe_snapshot(data)
+
+
+def series_snapshot(data: DataConfig) -> FetchReport:
+    fetched = load_data(data)
     log.info("fetched %d rows of %s (digest %s%s)", len(fetched.frame), fetched.source,
              fetched.digest, ", from the cache" if fetched.from_cache else "")
     return FetchReport(source=fetched.source, digest=fetched.digest, rows=len(fetched.frame),
                        from_cache=fetched.from_cache,
                        cache_path=str(fetched.cache_path) if fetched.cache_path else None,
                        notice=fetched.notice)
+
+
+def universe_snapshot(data: DataConfig) -> FetchReport:
+    """The universe's long frame, read as prepare_data will read it: its digest is the one
+    check_candidates and every training compute (frame_digest of the same sorted frame)."""
+    from pipeline.data.universe_loading import read_universe
+
+    read = read_universe(data)
+    frame = read.frame
+    series = int(frame[SERIES_COLUMN].nunique())
+    report = FetchReport(source=data.source, digest=frame_digest(frame), rows=len(frame),
+                         from_cache=bool(data.offline and data.source == CHUNKED_SOURCE),
+                         cache_path=universe_cache(data), notice=None, series=series,
+                         failed=dict(read.failed))
+    report = with_failures(report, report.failed)
+    log.info("fetched %d rows of %d series of %s (digest %s)", report.rows, series, data.source,
+             report.digest)
+    return report
+
+
+def universe_cache(data: DataConfig) -> str | None:
+    """Where a universe is cached: universe_stock's folder of per-code files; the others are
+    generated or read from their own file each run."""
+    if data.source != CHUNKED_SOURCE:
+        return None
+    return str(Path(str(data.cache_dir)).expanduser().resolve())
+
+
+def with_failures(report: FetchReport, failed: Mapping[str, str]) -> FetchReport:
+    """The report with `failed` and its one-line notice ("universe: 4 of 5 codes fetched; ...")."""
+    from pipeline.data.sources.universe_fetch import summary
+
+    notice = summary(report.series, report.series + len(failed), failed) if failed else None
+    return replace(report, failed=dict(failed), notice=notice)
+
+
+def chunked_snapshot(data: DataConfig, chunks: Sequence[ChunkReport]) -> FetchReport:
+    """After the mapped fetches: one line for the codes that failed across every chunk, then the
+    whole universe read offline from the caches they filled (stale caches standing in count)."""
+    failed = merged_failures(chunks)
+    asked = sum(len(c.codes) for c in chunks)
+    if not any(c.fetched for c in chunks):
+        first = next(iter(failed), "none")
+        raise DataError(f"universe: all {asked} codes failed in {len(chunks)} fetch chunk(s); "
+                        f"first: {first} ({failed.get(first, 'no chunk ran')})")
+    offline = replace(data, offline=True)
+    report = universe_snapshot(offline)
+    # Offline, a failed code reads as "no cache"; the chunk that tried it knows the real reason.
+    report = with_failures(report, {code: failed.get(code, why) for code, why in report.failed.items()})
+    if report.notice:
+        log.warning("%s", report.notice)
+    return replace(report, from_cache=False)
+
+
+def one_line(error: BaseException) -> str:
+    """An error's text on one line, any secret (TUSHARE_TOKEN's value) removed: it goes to XCom."""
+    from pipeline.secrets import scrub_text
+
+    return " ".join(scrub_text(str(error)).split()) or type(error).__name__
+
+
+def merged_failures(chunks: Sequence[ChunkReport]) -> dict[str, str]:
+    merged: dict[str, str] = {}
+    for chunk in chunks:
+        merged.update(chunk.failed)
+    return merged
+
+
+# --- the DAG's chunked fetch of a universe_stock run --------------------------------------------
+
+
+def chunk_size(text: str | int) -> int:
+    """PIPELINE_RETRAIN_FETCH_CHUNK as a number of codes per mapped fetch task."""
+    try:
+        size = int(str(text).strip())
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ConfigError(f"PIPELINE_RETRAIN_FETCH_CHUNK={text!r}: must be a whole number of codes "
+                          "per fetch task, at least 1 (default 50)")
+    return size
+
+
+def chunked(codes: Sequence[str], size: int) -> list[list[str]]:
+    return [list(codes[i:i + size]) for i in range(0, len(codes), size)]
+
+
+def fetch_plan(overrides: Sequence[str], size: str | int) -> list[list[str]]:
+    """The universe_stock run's codes (data.params.codes, then the index's members, whose list
+    is fetched and cached here) in chunks of `size`; [] for any other data, which the snapshot
+    step fetches itself."""
+    size = chunk_size(size)
+    data = retrain_config(overrides).data
+    if data.source != CHUNKED_SOURCE:
+        return []
+    return chunked(stock_codes(data), size)
+
+
+def stock_codes(data: DataConfig) -> list[str]:
+    from pipeline.data.sources.universe_stock import Policy, universe_codes
+
+    params = data.params
+    policy = Policy(offline=data.offline, refresh=data.refresh, attempts=int(params["attempts"]),
+                    backoff_s=float(params["backoff_s"]), sleep=time.sleep)
+    return universe_codes(params, data.cache_dir, policy)
+
+
+def fetch_chunk(overrides: Sequence[str], codes: Sequence[str]) -> ChunkReport:
+    """Fill the caches of one chunk of codes; the bars stay there, the counts come back.
+
+    Failed codes are an outcome, not a task failure: even a chunk of which every code was
+    refused comes back as values, and the snapshot step fails only if no chunk fetched anything.
+    The exception: every code unreachable (no network) raises, so the task's retries may find
+    the vendor back. A config error raises too (retrying cannot fix it)."""
+    from pipeline.data.sources.universe_stock import load_stock_universe
+
+    data = retrain_config(overrides).data
+    params = {**dict(data.params), "codes": list(codes), "index": None}  # the plan resolved it
+    try:
+        got = load_stock_universe(params, data.cache_dir, offline=data.offline,
+                                  refresh=data.refresh, progress=False)
+    except SourceUnavailable:
+        raise
+    except DataError as exc:
+        reason = one_line(exc)
+        return ChunkReport(codes=list(codes), fetched=0, failed={c: reason for c in codes})
+    return ChunkReport(codes=list(codes), fetched=len(got.fetched), failed=dict(got.failed))
 
 
 def check_candidates(overrides: Sequence[str], fetched: FetchReport) -> CandidatesReport:
@@ -170,6 +318,14 @@ def offer_best(overrides: Sequence[str], ranked: Sequence[Candidate]) -> dict | 
     decision = promote_if_better(_store(cfg), best.model_name, best.version, cfg.promotion.metric,
                                  cfg.promotion.direction, task=cfg.data.task)
     return asdict(decision)
+
+
+def forecast_champion(overrides: Sequence[str]) -> dict:
+    """The DAG's last task: the champion's next forecast (pipeline.predict), of the configured
+    series, or of every series of a universe."""
+    from pipeline.predict import forecast_after_retrain
+
+    return forecast_after_retrain(overrides)
 
 
 def write_summary(overrides: Sequence[str], fetched: FetchReport, ranked: Sequence[Candidate],
