@@ -105,7 +105,7 @@ def _query_weights(api: tushare_prices.PriceApi, index_code: str, start: pd.Time
         raise SourceUnavailable(f"{where}: cannot reach the tushare pro API "
                                 f"({type(exc).__name__}); check the network") from None
     except Exception as exc:  # tushare raises a bare Exception(msg) for every API-side error
-        raise DataError(f"{where}: the tushare pro API refused index_weight: {_one_line(exc)}; "
+        raise DataError(f"{where}: the tushare pro API refused index_weight: {one_line(exc)}; "
                         f"check that {tushare_prices.TOKEN_ENV} is valid and allowed to call "
                         "index_weight") from None
 
@@ -143,24 +143,24 @@ def fetch_universe(codes: Sequence[str], fetch_one: FetchOne, *, attempts: int =
     frames: list[pd.DataFrame] = []
     failed: dict[str, str] = {}
     unavailable: set[str] = set()
-    for code in _progress(todo, progress):
+    for code in progress_over(todo, progress):
         try:
-            frames.append(_as_long(_fetch_with_backoff(code, fetch_one, attempts, backoff_s, sleep),
+            frames.append(as_long(fetch_with_backoff(code, fetch_one, attempts, backoff_s, sleep),
                                    code))
         except PipelineError as exc:
-            failed[code] = _one_line(exc)
+            failed[code] = one_line(exc)
             if isinstance(exc, SourceUnavailable):
                 unavailable.add(code)
     fetched = [code for code in todo if code not in failed]
     log.log(logging.WARNING if failed else logging.INFO, summary(len(fetched), len(todo), failed))
     if not fetched:
-        raise _all_failed(todo, failed, unavailable)
+        raise all_failed(todo, failed, unavailable)
     frame = pd.concat(frames, ignore_index=True).sort_values([SERIES, DATE], ignore_index=True,
                                                              kind="stable")
     return UniverseFetch(frame=frame, failed=failed, fetched=fetched)
 
 
-def _fetch_with_backoff(code: str, fetch_one: FetchOne, attempts: int, backoff_s: float,
+def fetch_with_backoff(code: str, fetch_one: FetchOne, attempts: int, backoff_s: float,
                         sleep: Callable[[float], Any]) -> pd.DataFrame:
     for attempt in range(1, attempts + 1):
         try:
@@ -171,15 +171,15 @@ def _fetch_with_backoff(code: str, fetch_one: FetchOne, attempts: int, backoff_s
             if attempt == attempts:
                 # A code that stayed unreachable is still "unavailable", not a bad request.
                 kind = SourceUnavailable if isinstance(exc, SourceUnavailable) else DataError
-                raise kind(f"gave up after {attempts} attempts: {_one_line(exc)}") from None
+                raise kind(f"gave up after {attempts} attempts: {one_line(exc)}") from None
             wait = backoff_s * 2 ** (attempt - 1)
             log.info("%s: attempt %d of %d refused (%s); retrying in %.3gs", code, attempt,
-                     attempts, _one_line(exc), wait)
+                     attempts, one_line(exc), wait)
             sleep(wait)
     raise AssertionError("unreachable: the loop returns or raises")  # pragma: no cover
 
 
-def _as_long(frame: pd.DataFrame, code: str) -> pd.DataFrame:
+def as_long(frame: pd.DataFrame, code: str) -> pd.DataFrame:
     """One code's frame -> date, series, value columns; `series` is always the code asked for."""
     if not isinstance(frame, pd.DataFrame) or frame.empty:
         raise DataError(f"{code}: the fetch returned no rows; check the code and the date range")
@@ -192,7 +192,7 @@ def _as_long(frame: pd.DataFrame, code: str) -> pd.DataFrame:
     return frame.assign(**{SERIES: code})[[DATE, SERIES, *values]]
 
 
-def _progress(codes: list[str], enabled: bool):
+def progress_over(codes: list[str], enabled: bool):
     """The codes, with a tqdm bar naming the current code when enabled."""
     if not enabled:
         yield from codes
@@ -215,7 +215,7 @@ def summary(fetched: int, total: int, failed: Mapping[str, str]) -> str:
     return f"{line}; failed: {', '.join(named)}" + (f" and {more} more" if more else "")
 
 
-def _all_failed(codes: list[str], failed: Mapping[str, str], unavailable: set[str]) -> DataError:
+def all_failed(codes: list[str], failed: Mapping[str, str], unavailable: set[str]) -> DataError:
     first = codes[0]
     message = (f"universe: all {len(codes)} codes failed; first: {first} ({failed[first]}); "
                "fix that reason and fetch again")
@@ -224,7 +224,7 @@ def _all_failed(codes: list[str], failed: Mapping[str, str], unavailable: set[st
     return SourceUnavailable(message) if set(codes) == unavailable else DataError(message)
 
 
-def _one_line(error: BaseException | str) -> str:
+def one_line(error: BaseException | str) -> str:
     """An error's text on one line, with any secret (TUSHARE_TOKEN's value) removed."""
     return " ".join(scrub_text(str(error)).split()) or type(error).__name__
 

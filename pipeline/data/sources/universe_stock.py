@@ -36,12 +36,12 @@ from pipeline.data.sources.universe_fetch import (
     FETCHER_PARAMS,
     SERIES,
     UniverseFetch,
-    _all_failed,
-    _as_long,
-    _fetch_with_backoff,
-    _one_line,
-    _progress,
+    all_failed,
+    as_long,
+    fetch_with_backoff,
     index_members,
+    one_line,
+    progress_over,
     split_ts_code,
     summary,
 )
@@ -99,16 +99,16 @@ def load_stock_universe(params: Mapping[str, Any], cache_dir: str | os.PathLike,
     failed: dict[str, str] = {}
     unavailable: set[str] = set()
     stale: dict[str, str] = {}
-    for ts_code in _progress(codes, progress):
+    for ts_code in progress_over(codes, progress):
         code = code_slot(params, ts_code, cache_dir)
         try:
             frame, stale_note = code_frame(code, policy)
         except PipelineError as exc:
-            failed[ts_code] = _one_line(exc)
+            failed[ts_code] = one_line(exc)
             if isinstance(exc, SourceUnavailable):
                 unavailable.add(ts_code)
             continue
-        frames.append(_as_long(frame, ts_code))
+        frames.append(as_long(frame, ts_code))
         if stale_note:
             stale[ts_code] = stale_note
     fetched = [c for c in codes if c not in failed]
@@ -153,12 +153,12 @@ def members(params: Mapping[str, Any], cache_dir: str | os.PathLike, policy: Pol
                               f"{slot.directory}; fetch where there is a network, or list the "
                               "codes in data.params.codes")
     try:
-        listed = _fetch_with_backoff(index, lambda _: fetch_members(index, on, params),
+        listed = fetch_with_backoff(index, lambda _: fetch_members(index, on, params),
                                      policy.attempts, policy.backoff_s, policy.sleep)
     except PipelineError as exc:
         if cached is None:
             raise
-        log.warning("%s: %s; using the list fetched %s", label, _one_line(exc), cached.fetched_at)
+        log.warning("%s: %s; using the list fetched %s", label, one_line(exc), cached.fetched_at)
         return member_list(cached.frame)
     cache.store(slot, listed, MEMBERS_SOURCE, {"index": index, "members_on": on})
     return member_list(listed)
@@ -208,13 +208,13 @@ def code_frame(code: CodeSlot, policy: Policy) -> tuple[pd.DataFrame, str | None
     if cached is not None and not policy.refresh and cache.is_fresh(cached, code.params):
         return checked(cached.frame, code), None
     try:
-        raw = _fetch_with_backoff(code.ts_code, lambda _: tushare_prices.stock_bars(code.params),
+        raw = fetch_with_backoff(code.ts_code, lambda _: tushare_prices.stock_bars(code.params),
                                   policy.attempts, policy.backoff_s, policy.sleep)
         checked(raw, code)  # before the store: a bad reply must not replace a good cache
     except PipelineError as exc:
         if cached is None:
             raise
-        return checked(cached.frame, code), f"{_one_line(exc)}; cache fetched {cached.fetched_at}"
+        return checked(cached.frame, code), f"{one_line(exc)}; cache fetched {cached.fetched_at}"
     stored = cache.store(code.slot, raw, STOCK_SOURCE, code.public)
     return stored.frame, None
 
@@ -224,7 +224,7 @@ def load_or_warn(slot: cache.CacheSlot, label: str) -> cache.CachedFrame | None:
     try:
         return cache.load(slot)
     except cache.CorruptCache as exc:
-        log.warning("%s: %s; treating it as no cache", label, _one_line(exc))
+        log.warning("%s: %s; treating it as no cache", label, one_line(exc))
         return None
 
 
@@ -260,6 +260,6 @@ def stale_line(stale: Mapping[str, str], total: int) -> str:
 
 def _every_code_failed(codes: list[str], failed: Mapping[str, str], unavailable: set[str],
                        offline: bool) -> DataError:
-    error = _all_failed(codes, failed, unavailable)
+    error = all_failed(codes, failed, unavailable)
     # Offline with no cache at all is "cannot be had here", as load_data says for one code.
     return DataUnavailable(str(error)) if offline else error
