@@ -75,6 +75,7 @@ ifeq ($(DEVICE),cpu)
 	$(BIN)/python benchmarks/bench_serving.py --out $(BENCH_OUT)
 	$(BIN)/python benchmarks/bench_overhead.py --out $(BENCH_OUT)
 	$(BIN)/python benchmarks/bench_universe.py --out $(BENCH_OUT)
+	$(BIN)/python benchmarks/bench_universe_training.py --out $(BENCH_OUT)
 else
 	$(BIN)/python benchmarks/bench_training.py --device $(DEVICE) --precision 32-true --out $(BENCH_OUT)
 	$(BIN)/python benchmarks/bench_training.py --device $(DEVICE) --precision bf16-mixed --out $(BENCH_OUT)
