@@ -258,3 +258,41 @@ def test_synthetic_universe_shape_determinism_and_correlation() -> None:
     returns = np.log(prices[full]).diff().dropna().to_numpy()
     pairwise = np.corrcoef(returns, rowvar=False)[np.triu_indices(len(full), 1)]
     assert pairwise.mean() == pytest.approx(0.4, abs=0.06)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=st.lists(st.tuples(st.integers(0, 60), st.integers(40, 140)), min_size=2, max_size=5),
+       kind=st.sampled_from(["standard", "minmax"]), seed=st.integers(0, 2**16),
+       transform=st.sampled_from(["none", "log_return"]))
+def test_scalers_are_each_series_own_train_rows_whatever_the_rest_holds(history, kind, seed,
+                                                                        transform) -> None:
+    """Every kept series' scaler is the one of its train rows (its changes under a transform),
+    and stays so when every val/test value and every other series' values are redrawn."""
+    frame = long_frame(history)
+    rng = np.random.default_rng(seed)
+    frame["close"] = rng.uniform(1.0, 100.0, len(frame))
+    spec = WindowSpec(lookback=4, horizon=1)
+    try:
+        data = prepare_universe(frame, ["close"], ["close"], spec, FRACTIONS, scaler=kind,
+                                target_transform=transform)
+    except DataError:
+        return  # no series long enough in every split: nothing to scale
+    for sid, code in enumerate(data.series):
+        own = (frame["series"] == code).to_numpy()
+        train = own & (frame["date"] < data.cut_dates["val"]).to_numpy()
+        levels = frame.loc[train, "close"].to_numpy()[:, None]
+        np.testing.assert_allclose(data.x_centers[sid], AffineScaler.fit(kind, levels).center, rtol=1e-12)
+        targets = np.diff(np.log(levels), axis=0) if transform == "log_return" else levels
+        expected = AffineScaler.fit(kind, targets)
+        np.testing.assert_allclose(data.y_centers[sid], expected.center, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(data.y_scales[sid], expected.scale, rtol=1e-12)
+
+    kept = data.series[0]
+    keep = ((frame["series"] == kept) & (frame["date"] < data.cut_dates["val"])).to_numpy()
+    redrawn = frame.copy()
+    redrawn.loc[~keep, "close"] = rng.uniform(1.0, 100.0, int((~keep).sum()))
+    again = prepare_universe(redrawn, ["close"], ["close"], spec, FRACTIONS, scaler=kind,
+                             target_transform=transform)
+    sid = again.series.index(kept)
+    for name in ("x_centers", "x_scales", "y_centers", "y_scales"):
+        np.testing.assert_array_equal(getattr(again, name)[sid], getattr(data, name)[0])
