@@ -258,3 +258,42 @@ def test_the_dataset_schema_from_the_first_rows_is_the_one_of_every_row() -> Non
                                                  cache_path=None))
     assert dataset.schema == _infer_schema(frame.reset_index())
     assert dataset.profile["num_rows"] == len(frame)  # the profile still counts every row
+
+
+def real_monthly_closes(path) -> list[str]:
+    """matplotlib's sample Stocks.csv (Yahoo Finance monthly closes, 1990-2022, of IBM, AAPL,
+    MSFT, XRX, AMZN, DELL, GOOGL, ADBE and two indices; wide, with empty rows) as the long file a
+    user would export: date, series, close. Returns the tickers."""
+    import matplotlib.cbook
+
+    with matplotlib.cbook.get_sample_data("Stocks.csv") as handle:
+        wide = pd.read_csv(handle, comment="#", parse_dates=["Date"])
+    long = (wide.melt(id_vars="Date", var_name="series", value_name="close").dropna()
+            .rename(columns={"Date": "date"}).drop_duplicates(["series", "date"]))
+    long.to_csv(path, index=False)
+    return sorted(long["series"].unique())
+
+
+def test_real_tickers_from_a_long_csv_train_offline_and_forecast_each(store: str, tmp_path) -> None:
+    path = tmp_path / "stocks.csv"
+    tickers = real_monthly_closes(path)
+    assert {"AAPL", "IBM", "MSFT", "^GSPC"} <= set(tickers)
+    result = train(compose_config("data=universe_file", f"data.params.path={path}",
+                                  "data.lookback=12", "data.min_windows=12", "data.offline=true",
+                                  "data.target_transform=log_return", "data.batch_size=64",
+                                  "trainer.max_epochs=2", "trainer.progress_bar=false",
+                                  "trainer.model_summary=false", "model.hidden_size=8"))
+    client = MlflowClient(store)
+    table = pd.read_csv(client.download_artifacts(result.run_id, "evaluation/per_series_metrics.csv"))
+    left = pd.read_csv(client.download_artifacts(result.run_id, "evaluation/series_left_out.csv"))
+    # Every ticker is either scored or named as left out (DELL's 71 months are too few).
+    assert sorted([*table["series"], *left["series"]]) == tickers
+    assert "DELL" in set(left["series"]) and {"AAPL", "IBM", "MSFT"} <= set(table["series"])
+    assert np.isfinite(table["mase"]).all() and (table["targets"] > 0).all()
+    net = load_registered_model(open_store(store), result.model_name,
+                                result.model_version).unwrap_python_model().net
+    recent = pd.read_csv(path)
+    recent = recent[recent["series"] == "AAPL"].tail(12)
+    answer = forecast_frame(net, recent[["series", "close"]])
+    last = recent["close"].iloc[-1]
+    assert answer["series"].tolist() == ["AAPL"] and 0.5 * last < answer["close"].item() < 2 * last
