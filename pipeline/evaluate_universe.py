@@ -84,7 +84,10 @@ def per_series_metrics(preds: pd.DataFrame) -> pd.DataFrame:
         direction = directional_scores(y, p, last)
         row.update({k.removeprefix("test/"): v for k, v in direction.items()})
         rows.append(row)
-    return pd.DataFrame(rows).sort_values(["mase", SERIES], ignore_index=True)
+    table = pd.DataFrame(rows).sort_values(["mase", SERIES], ignore_index=True)
+    # What people read first (the MLflow UI previews a table from its left): MASE, direction.
+    first = [SERIES, "mase", "directional_accuracy", "up_share", "mae", "persistence_mae"]
+    return table[[*first, *(c for c in table.columns if c not in first)]]
 
 
 def universe_metrics(preds: pd.DataFrame, table: pd.DataFrame) -> dict[str, float]:

@@ -75,7 +75,7 @@ def write_files(handle: RunHandle, universe: UniverseData, preds: pd.DataFrame,
     (out / "predictions").mkdir()
     preds.to_csv(out / "predictions" / "test_predictions.csv", index=False)
     (out / "evaluation").mkdir()
-    table.to_csv(out / "evaluation" / "per_series_metrics.csv", index=False)
+    table.to_csv(out / "evaluation" / "per_series_metrics.csv", index=False, float_format="%.6g")
     left_out(universe).to_csv(out / "evaluation" / "series_left_out.csv", index=False)
     x, y, codes = saved_windows(universe)
     save_test_windows(out / "evaluation" / "test_windows.npz", x, y, 0, series=codes)
