@@ -940,9 +940,6 @@ def check_transformed_model(model: ModelConfig, data: DataConfig) -> None:
 
 def check_head(model: ModelConfig, data: DataConfig) -> None:
     _one_of("model.head", model.head, HEADS)
-    _require(model.head == "point" or data.layout != "universe", "model.head", model.head,
-             "is not supported with data.layout=universe yet (its evaluation is per series and "
-             "point forecasts only); use model.head=point")
     if model.head != "point":
         _require(data.task == "regression", "model.head", model.head,
                  f"needs data.task=regression (data.task={data.task!r} predicts probabilities)")

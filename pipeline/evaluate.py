@@ -42,36 +42,43 @@ def predict_windows(net: Forecaster, x_scaled: np.ndarray, batch_size: int = 102
     return np.empty((0, steps, len(net.spec.targets)))
 
 
-def predict_distribution(net: Forecaster, x_scaled: np.ndarray,
-                         batch_size: int = 1024) -> dict[str, np.ndarray]:
+def predict_distribution(net: Forecaster, x_scaled: np.ndarray, batch_size: int = 1024,
+                         series: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Scaled windows -> raw-scale forecast columns, each (W, steps, targets): y_pred (the point
     forecast, as predict_windows gives it) and, for a non-point head, y_q<level> per level of the
-    spec, plus y_mu, y_sigma (gaussian, student_t) and y_df (student_t)."""
+    spec, plus y_mu, y_sigma (gaussian, student_t) and y_df (student_t). `series`: a universe
+    model's series id of each window."""
     net.eval()
     parts: dict[str, list[np.ndarray]] = {}
+    device = net.x_center.device
     with torch.no_grad():
         for start in range(0, len(x_scaled), batch_size):
             batch = torch.tensor(x_scaled[start:start + batch_size], dtype=torch.float32,
-                                 device=net.x_center.device)
-            for name, values in _forecast_columns(net, net(batch), batch).items():
+                                 device=device)
+            ids = (None if series is None else
+                   torch.as_tensor(np.asarray(series[start:start + batch_size], dtype=np.int64),
+                                   device=device))
+            out = net(batch, series=ids)
+            for name, values in forecast_columns(net, out, batch, ids).items():
                 parts.setdefault(name, []).append(values.cpu().numpy())
     if parts:
         return {name: np.concatenate(values) for name, values in parts.items()}
     steps = net.spec.lookback if net.spec.mode == "sequence" else net.spec.horizon
     empty = np.empty((0, steps, len(net.spec.targets)))
-    return {name: empty for name in _forecast_columns(net, None)}
+    return {name: empty for name in forecast_columns(net, None)}
 
 
-def _forecast_columns(net: Forecaster, out: torch.Tensor | None,
-                      x: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
-    # `out` None: only the names (for an empty split). `x`: the scaled windows of `out`.
-    columns = {"y_pred": None if out is None else net.to_output(out, x)}
+def forecast_columns(net: Forecaster, out: torch.Tensor | None, x: torch.Tensor | None = None,
+                     series: torch.Tensor | None = None) -> dict[str, torch.Tensor | None]:
+    """forward()'s output -> the raw-scale columns of predict_distribution. `out` None: only
+    the names (for an empty split); `x`: the scaled windows of `out`; `series`: their ids."""
+    columns = {"y_pred": None if out is None else net.to_output(out, x, series)}
     if net.levels:
-        quantiles = None if out is None else net.to_quantiles(out, x=x)
+        quantiles = None if out is None else net.to_quantiles(out, x=x, series=series)
         for i, level in enumerate(net.levels):
             columns[intervals.quantile_column(level)] = None if out is None else quantiles[..., i]
     if net.spec.head in ("gaussian", "student_t"):
-        params = net.to_parameters(out) if out is not None else dict.fromkeys(
+        params = net.to_parameters(out, series) if out is not None else dict.fromkeys(
             ("mu", "sigma", "df") if net.spec.head == "student_t" else ("mu", "sigma"))
         columns.update({f"y_{name}": values for name, values in params.items()})
     return columns
@@ -285,7 +292,7 @@ def probabilistic_metrics(net: Forecaster, prepared: PreparedData, scored_from: 
     columns = [intervals.quantile_column(q) for q in levels]
     y = test["y_true"].to_numpy()
     quantiles = test[columns].to_numpy(dtype=np.float64)
-    metrics = _prefixed("test/", intervals.interval_scores(y, quantiles, levels, _model_crps(test)))
+    metrics = _prefixed("test/", intervals.interval_scores(y, quantiles, levels, model_crps(test)))
     if "persistence" in baselines:
         metrics.update(_persistence_metrics(prepared, test, baselines["persistence"][usable],
                                             levels, dense=net.spec.head != "quantile"))
@@ -300,7 +307,7 @@ def _prefixed(prefix: str, scores: dict[str, float]) -> dict[str, float]:
     return {f"{prefix}{k}": v for k, v in scores.items()}
 
 
-def _model_crps(rows: pd.DataFrame) -> np.ndarray | None:
+def model_crps(rows: pd.DataFrame) -> np.ndarray | None:
     """Per-row CRPS from the head's own distribution; None: from the quantile columns."""
     y = rows["y_true"].to_numpy()
     if "y_df" in rows:
@@ -354,7 +361,8 @@ def _conformal_metrics(validation: pd.DataFrame, test: pd.DataFrame,
 
 
 def interval_scores_on_windows(net: Forecaster, x_raw: np.ndarray, y_raw: np.ndarray,
-                               scored_from: int = 0) -> dict[str, float]:
+                               scored_from: int = 0,
+                               series: torch.Tensor | None = None) -> dict[str, float]:
     """Interval scores (crps, coverage_error, coverage_<p>, width_<p>, pinball_q<level>) of `net`
     on raw windows x (W, lookback, inputs) against raw truth y (W, steps, targets), steps before
     `scored_from` left out: what ranking on crps or coverage_error reads (empty for a point
@@ -362,10 +370,11 @@ def interval_scores_on_windows(net: Forecaster, x_raw: np.ndarray, y_raw: np.nda
     if net.spec.task != "regression" or not net.levels or len(x_raw) == 0:
         return {}
     x = torch.as_tensor(np.ascontiguousarray(x_raw), dtype=torch.float32, device=net.x_center.device)
-    x_scaled = ((x - net.x_center) / net.x_scale).cpu().numpy()
-    columns = predict_distribution(net, x_scaled)
+    x_scaled = net.scale_x(x, series).cpu().numpy()
+    columns = predict_distribution(net, x_scaled,
+                                   series=None if series is None else series.cpu().numpy())
     rows = pd.DataFrame({name: values[:, scored_from:].reshape(-1) for name, values in columns.items()})
     rows["y_true"] = np.asarray(y_raw, dtype=np.float64)[:, scored_from:].reshape(-1)
     quantiles = rows[[intervals.quantile_column(q) for q in net.levels]].to_numpy(np.float64)
     return intervals.interval_scores(rows["y_true"].to_numpy(), quantiles, list(net.levels),
-                                     _model_crps(rows))
+                                     model_crps(rows))

@@ -146,7 +146,6 @@ def test_per_series_metrics_and_aggregates_by_hand() -> None:
 @pytest.mark.parametrize(("overrides", "match"), [
     (["data=universe_synthetic", "data.layout=series"], "must be universe"),
     (["data=sine", "data.layout=universe"], "many series"),
-    (["data=universe_synthetic", "model.head=quantile"], "not supported with data.layout=universe"),
     (["data=universe_synthetic", "model.series_encoding=hash"], "series_encoding"),
     (["data=universe_file"], "data.params.path is not set"),
     (["data=universe_stock", "data.params.codes=[]"], "name the codes"),
@@ -298,3 +297,35 @@ def test_real_tickers_from_a_long_csv_train_offline_and_forecast_each(store: str
     answer = forecast_frame(net, recent[["series", "close"]])
     last = recent["close"].iloc[-1]
     assert answer["series"].tolist() == ["AAPL"] and 0.5 * last < answer["close"].item() < 2 * last
+
+
+def test_a_quantile_universe_scores_intervals_per_series_and_serves_them(store: str) -> None:
+    result = train(compose_config(*SMALL, "data.target_transform=log_return", "model.head=quantile",
+                                  "promotion.metric=crps"))
+    client = MlflowClient(store)
+    metrics = client.get_run(result.run_id).data.metrics
+    for key in ("test/coverage_80", "test/width_80", "test/crps", "test/coverage_error",
+                "test/coverage_error_median"):
+        assert np.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["test/coverage_80"] <= 1.0
+    preds = pd.read_csv(client.download_artifacts(result.run_id, "predictions/test_predictions.csv"))
+    inside = (preds["y_true"] >= preds["y_q0.1"]) & (preds["y_true"] <= preds["y_q0.9"])
+    assert metrics["test/coverage_80"] == pytest.approx(inside.mean())
+    assert (preds["y_q0.1"] <= preds["y_q0.5"]).all() and (preds["y_q0.5"] <= preds["y_q0.9"]).all()
+    table = pd.read_csv(client.download_artifacts(result.run_id, "evaluation/per_series_metrics.csv"))
+    assert {"coverage_80", "width_80", "crps"} <= set(table.columns)
+    assert metrics["test/coverage_error_median"] == pytest.approx(table["coverage_error"].median(),
+                                                                  rel=1e-5)
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert "plots/calibration.png" in plots
+
+    net = load_registered_model(open_store(store), result.model_name,
+                                result.model_version).unwrap_python_model().net
+    frame = synthetic_universe(n_series=12, days=260, seed=0)
+    code = net.spec.series[0]
+    answer = forecast_frame(net, frame[frame["series"] == code].tail(10)[["series", "close"]])
+    assert answer["close_q0.1"].item() <= answer["close"].item() <= answer["close_q0.9"].item()
+    # Promotion ranked on CRPS: the champion re-scores the saved (series-aware) windows.
+    windows = load_test_windows(open_store(store), result.run_id)
+    assert score_on_windows(net, windows, "crps") is not None
+    assert result.promotion is not None and result.promotion.promoted

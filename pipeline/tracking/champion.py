@@ -81,7 +81,8 @@ def score_on_windows(net: Forecaster, windows: dict[str, np.ndarray], metric: st
         return None
     if metric in PROBABILISTIC_METRICS:
         # Interval scores need the quantiles: a point-head version has none and cannot be ranked.
-        value = interval_scores_on_windows(net, x[:, -spec.lookback:], y, start).get(metric)
+        value = interval_scores_on_windows(net, x[:, -spec.lookback:], y, start,
+                                           series).get(metric)
     else:
         value = score(y[:, start:], pred[:, start:], task).get(metric)
     return None if value is None or not np.isfinite(value) else float(value)

@@ -130,8 +130,10 @@ def plot_mase_by_series(table: pd.DataFrame, path: Path, title: str = "") -> Pat
 def plot_series_forecasts(history: pd.DataFrame, predictions: pd.DataFrame,
                           captions: Mapping[str, str], path: Path, title: str = "") -> Path:
     """One panel per series of `captions` (code -> caption): its truth (history: date, series,
-    the target) and its one-step test forecasts (predictions: date, series, y_pred)."""
+    the target) and its one-step test forecasts (predictions: date, series, y_pred), with each
+    central interval shaded where the predictions carry quantiles (y_q0.1, ...)."""
     codes = list(captions)
+    bands = _bands(predictions)
     target = str(predictions["target"].iloc[0]) if len(predictions) else ""
     fig, axes = plt.subplots(len(codes), 1, figsize=(10, 2.6 * len(codes)), squeeze=False)
     for ax, code in zip(axes[:, 0], codes, strict=True):
@@ -140,6 +142,9 @@ def plot_series_forecasts(history: pd.DataFrame, predictions: pd.DataFrame,
         ax.plot(truth["date"], truth[target], color="black", linewidth=1.0, label="truth")
         if len(part):
             ax.axvspan(part["date"].min(), part["date"].max(), color=_SPLIT_COLORS["test"], alpha=0.07)
+            for (lower, upper, label), alpha in zip(bands, _band_alphas(len(bands)), strict=True):
+                ax.fill_between(part["date"], part[lower], part[upper], color=_SPLIT_COLORS["test"],
+                                alpha=alpha, linewidth=0, label=f"{label}% interval")
             ax.plot(part["date"], part["y_pred"], color=_SPLIT_COLORS["test"], linewidth=1.2,
                     linestyle="--", label="test forecast")
         ax.set_ylabel(target)

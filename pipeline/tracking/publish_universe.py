@@ -16,10 +16,16 @@ import yaml
 
 from pipeline.data.universe import DATE, SERIES, UniverseData
 from pipeline.evaluate_universe import per_series_metrics, universe_metrics, universe_predictions
+from pipeline.intervals import calibration_curves
 from pipeline.models.network import Forecaster
 from pipeline.secrets import redact
 from pipeline.tracking.champion import save_test_windows
-from pipeline.tracking.plots import plot_loss_curve, plot_mase_by_series, plot_series_forecasts
+from pipeline.tracking.plots import (
+    plot_calibration,
+    plot_loss_curve,
+    plot_mase_by_series,
+    plot_series_forecasts,
+)
 from pipeline.tracking.publish import input_example, loss_history, publish_model_with_example
 from pipeline.tracking.pyfunc import LoggedModel
 from pipeline.tracking.run import RunHandle
@@ -100,10 +106,15 @@ def publish_universe(handle: RunHandle, net: Forecaster, universe: UniverseData,
     """Per-series and aggregate metrics, artifacts, the best checkpoint and the model version."""
     preds = universe_predictions(net, universe, "test")
     table = per_series_metrics(preds)
-    log_metrics(handle, universe_metrics(preds, table))
+    metrics = universe_metrics(preds, table)
+    log_metrics(handle, metrics)
     handle.client.set_tag(handle.run_id, "series", str(len(universe.series)))
     with tempfile.TemporaryDirectory(prefix="run-files-") as tmp:
         write_files(handle, universe, preds, table, config, loss_history(handle), Path(tmp))
+        curves = calibration_curves(metrics)
+        if curves:
+            plot_calibration(curves, Path(tmp) / "plots" / "calibration.png",
+                             title=f"{handle.run_name}: interval calibration, all series")
         handle.client.log_artifacts(handle.run_id, tmp)
     if best_checkpoint:
         handle.client.log_artifact(handle.run_id, best_checkpoint, "checkpoints")
