@@ -184,14 +184,14 @@ def lstm_retrain():
         return {"summary_file": summary.summary_file, "best": summary.best,
                 "promoted": summary.promoted, "champion": summary.champion}
 
-    # The champion after this run (promoted or kept) forecasts the configured series from the
+    # The champion after this run (promoted or kept) forecasts the configured series (every series of a universe) from the
     # fetched snapshot: forecast.csv beside the summary (pipeline.predict, as `make predict`).
     @task(execution_timeout=timedelta(minutes=10), multiple_outputs=False)
     def forecast(outcome: dict) -> dict:
-        from pipeline.retraining import stages
+        from pipeline.predict import forecast_after_retrain
 
         with stage() as overrides:
-            written = stages.forecast_champion(overrides)
+            written = forecast_after_retrain(overrides)
         print(f"forecast: {written.get('path') or written.get('skipped')}", flush=True)
         return written
 

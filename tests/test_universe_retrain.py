@@ -154,7 +154,9 @@ def test_retraining_a_universe_registers_every_variant_and_promotes_the_best(sto
     champion = str(client.get_model_version_by_alias(name, CHAMPION).version)
     assert summary.promoted and summary.champion == champion == min(scores, key=scores.get)
     # The champion's next close of every series it knows, from the fetched snapshot.
-    written = stages.forecast_champion(overrides)
+    from pipeline.predict import forecast_after_retrain
+
+    written = forecast_after_retrain(overrides)
     forecast = pd.read_csv(written["path"], dtype={"series": str})
     known = load_registered_network(tracking, name, champion).spec.series
     assert sorted(forecast["series"]) == sorted(known) and set(forecast["version"]) == {int(champion)}

@@ -320,14 +320,6 @@ def offer_best(overrides: Sequence[str], ranked: Sequence[Candidate]) -> dict | 
     return asdict(decision)
 
 
-def forecast_champion(overrides: Sequence[str]) -> dict:
-    """The DAG's last task: the champion's next forecast (pipeline.predict), of the configured
-    series, or of every series of a universe."""
-    from pipeline.predict import forecast_after_retrain
-
-    return forecast_after_retrain(overrides)
-
-
 def write_summary(overrides: Sequence[str], fetched: FetchReport, ranked: Sequence[Candidate],
                   decision: dict | None) -> RetrainSummary:
     """The outcome as a summary, written to retrain.output_dir for people and CI to read."""
