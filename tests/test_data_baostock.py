@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.data.loading import load_data
 from pipeline.data.sources import SourceUnavailable, baostock_prices, tushare_prices
+from pipeline.data.sources.bars import BarRequest
 from pipeline.errors import ConfigError, DataError, DataUnavailable
 from tests import test_data_tushare as tushare_tests
 from tests.test_data_tushare import one_line, params, stock_config, tushare_reply
@@ -89,7 +90,7 @@ def baostock_api(monkeypatch) -> FakeBaostock:
     return fake
 
 
-def request(**given) -> tushare_prices.BarRequest:
+def request(**given) -> BarRequest:
     return tushare_prices.bar_request(params(**{"end": "2019-03-29", **given}))
 
 

@@ -22,15 +22,13 @@ import io
 import socket
 import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 
 from pipeline.data.sources import SourceUnavailable
+from pipeline.data.sources.bars import BarRequest
 from pipeline.errors import ConfigError, DataError
-
-if TYPE_CHECKING:  # tushare_prices imports this module; at run time we only read attributes
-    from pipeline.data.sources.tushare_prices import BarRequest
 
 BAOSTOCK_PORT = 10030
 FIELDS = ("date", "open", "high", "low", "close", "volume")

@@ -25,12 +25,12 @@ import io
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import pandas as pd
 
 from pipeline.data.sources import SourceUnavailable, baostock_prices, source
+from pipeline.data.sources.bars import BarRequest
 from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -57,22 +57,6 @@ def connect(token: str, timeout: float) -> PriceApi:
     from tushare.pro.client import DataApi
 
     return DataApi(token=token, timeout=timeout)
-
-
-@dataclass(frozen=True)
-class BarRequest:
-    code: str  # six digits, e.g. 000001
-    ts_code: str  # the pro API's code, e.g. 000001.SH
-    index: bool
-    start: pd.Timestamp
-    end: pd.Timestamp
-
-    @property
-    def api_name(self) -> str:
-        return "index_daily" if self.index else "daily"
-
-    def describe(self) -> str:
-        return f"{self.ts_code} {self.start:%Y-%m-%d}..{self.end:%Y-%m-%d}"
 
 
 @source("stock", cached=True, network=True, hint=FIX_HINT)
