@@ -869,6 +869,11 @@ def check_stock_params(p: Mapping[str, Any]) -> None:
                           f"e.g. data.params.code=\"'{code:06d}'\"")
     _require(isinstance(code, str) and len(code) == 6 and code.isdigit(), "data.params.code", code,
              "must be a six-digit code, e.g. '000001'")
+    check_bar_params(p)
+
+
+def check_bar_params(p: Mapping[str, Any]) -> None:
+    """What every daily-bar fetch takes, one code or a universe: the API, its limits, the dates."""
     _one_of("data.params.api", p["api"], STOCK_APIS)
     _require(p["timeout"] > 0, "data.params.timeout", p["timeout"], "must be > 0 seconds")
     _at_least("data.params.page_rows", p["page_rows"], 1)
@@ -883,15 +888,9 @@ def check_universe_stock_params(p: Mapping[str, Any]) -> None:
              "name the codes (e.g. [600000.SH,000001.SZ]) or an index (data.params.index=000300.SH)")
     _require(all(isinstance(c, str) and c.strip() for c in p["codes"]), "data.params.codes",
              p["codes"], "must be codes as text, e.g. [600000.SH,000001.SZ]")
-    _one_of("data.params.api", p["api"], STOCK_APIS)
-    _require(p["timeout"] > 0, "data.params.timeout", p["timeout"], "must be > 0 seconds")
-    _at_least("data.params.page_rows", p["page_rows"], 1)
+    check_bar_params(p)
     _at_least("data.params.attempts", p["attempts"], 1)
     _at_least("data.params.backoff_s", p["backoff_s"], 0)
-    start = _date("data.params.start", p["start"]) if p["start"] else None
-    end = _date("data.params.end", p["end"]) if p["end"] else None
-    if start is not None and end is not None:
-        _require(start <= end, "data.params.start", p["start"], f"must not be after data.params.end={p['end']}")
     if p["members_on"]:
         _date("data.params.members_on", p["members_on"])
 
